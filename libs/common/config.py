@@ -1,0 +1,79 @@
+"""The one configuration object of sigmabatch, read from the environment.
+
+Every service, the CLI and the tests read settings through `get_settings()`, so a
+deployment changes behaviour with env vars only (12-factor), never with code edits.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime settings; unset URLs mean "use the embedded servers" (see `sigmabatch up`)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    nats_url: str | None = Field(default=None, alias="NATS_URL")
+    market_data_provider: Literal["sample", "yfinance"] = Field(
+        default="sample", alias="MARKET_DATA_PROVIDER"
+    )
+    data_dir: Path = Field(default=Path(".sigmabatch"), alias="SIGMABATCH_DATA_DIR")
+    api_host: str = Field(default="127.0.0.1", alias="API_HOST")
+    api_port: int = Field(default=8000, alias="API_PORT")
+    # Prefix for every stream, consumer and subject: isolates environments (and tests)
+    # sharing one NATS account.
+    bus_prefix: str = Field(default="", alias="SIGMABATCH_BUS_PREFIX")
+    # Auth: tokens are random; only their SHA-256 is stored.
+    auth_disabled: bool = Field(default=False, alias="SIGMABATCH_AUTH_DISABLED")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="CORS_ORIGINS")
+    # Jobs
+    job_stale_after_seconds: float = Field(default=120.0, alias="SIGMABATCH_JOB_STALE_SECONDS")
+    job_heartbeat_seconds: float = Field(default=10.0, alias="SIGMABATCH_JOB_HEARTBEAT_SECONDS")
+    # Bus
+    ack_wait_seconds: float = Field(default=30.0, alias="SIGMABATCH_ACK_WAIT_SECONDS")
+    max_deliver: int = Field(default=5, alias="SIGMABATCH_MAX_DELIVER")
+    duplicate_window_seconds: float = Field(default=3600.0, alias="SIGMABATCH_DUPLICATE_WINDOW")
+    event_retention_days: int = Field(default=14, alias="SIGMABATCH_EVENT_RETENTION_DAYS")
+    # Symbol batch
+    max_backfill_days: int = Field(default=30, alias="SIGMABATCH_MAX_BACKFILL_DAYS")
+    settle_delay_minutes: int = Field(default=60, alias="SIGMABATCH_SETTLE_DELAY_MINUTES")
+    provider_rate_per_second: float = Field(default=5.0, alias="SIGMABATCH_PROVIDER_RATE")
+    # Service liveness endpoint; 0 = pick a free port, -1 = disabled.
+    health_port: int = Field(default=-1, alias="SIGMABATCH_HEALTH_PORT")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "DATABASE_URL is not set: run the service under `sigmabatch up` (which starts an "
+                "embedded PostgreSQL) or set DATABASE_URL=postgresql+asyncpg://user@host:5432/db"
+            )
+        return self.database_url
+
+    def require_nats_url(self) -> str:
+        if not self.nats_url:
+            raise RuntimeError(
+                "NATS_URL is not set: run the service under `sigmabatch up` (which starts an "
+                "embedded nats-server) or set NATS_URL=nats://host:4222"
+            )
+        return self.nats_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached: env is read once per process)."""
+    return Settings()
