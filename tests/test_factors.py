@@ -34,7 +34,9 @@ def _fixture_dir() -> Path:
 @pytest.fixture(scope="module")
 def returns() -> pd.DataFrame:
     base = _fixture_dir()
-    stocks = pd.read_csv(base / "sp500_stocks_and_index_daily.csv", index_col="date", parse_dates=True)
+    stocks = pd.read_csv(
+        base / "sp500_stocks_and_index_daily.csv", index_col="date", parse_dates=True
+    )
     etfs = pd.read_csv(base / "factor_etfs_daily.csv", index_col="date", parse_dates=True)
     prices = stocks.join(etfs, how="inner").loc["2021-01-01":]
     prices = prices.rename(columns={"SP500": "SPY", "VLUE": "VTV", "SIZE": "IWM"})

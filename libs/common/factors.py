@@ -195,7 +195,6 @@ def _fit_model(model: FactorModel, window: pd.DataFrame, y: np.ndarray) -> _Fit 
     if not needed <= set(window.columns):
         return None
     symbol_present = ~np.isnan(y)
-    n_symbols = y.shape[1]
     if model.method == "ols":
         betas, r2s, ns = [], [], []
         for reg in model.regressors:  # one univariate fit per regressor, all symbols at once
