@@ -124,15 +124,15 @@ def test_spread_betas_are_univariate_ols_per_spread(returns, as_of, exposures):
 
 
 def test_spy_market_beta_is_one_with_r2_one(exposures):
-    row = _row(exposures, "SPY", "Market")
+    row = _row(exposures, "SPY", "market")
     assert row.beta == pytest.approx(1.0, abs=1e-12)
     assert row.r2 == pytest.approx(1.0, abs=1e-12)
     assert row.quality == fx.QUALITY_FULL
 
 
 def test_quality_flags_and_minimum_observations(exposures):
-    assert _row(exposures, "MSFT", "Market").quality == fx.QUALITY_FULL
-    assert _row(exposures, "AMD", "Market").quality == fx.QUALITY_LIMITED  # holes in the window
+    assert _row(exposures, "MSFT", "market").quality == fx.QUALITY_FULL
+    assert _row(exposures, "AMD", "market").quality == fx.QUALITY_LIMITED  # holes in the window
     newco = exposures[exposures.symbol == "NEWCO"]
     assert set(newco.factor) == set(fx.MARKET.factors + fx.RATES.factors + fx.STYLE.factors)
     assert (newco.quality == fx.QUALITY_LIMITED).all()
@@ -147,9 +147,9 @@ def test_betas_are_capped_at_five(returns, as_of):
     levered["LEVER"] = returns["SPY"] * 9.0 + 0.0001
     levered["SHORTY"] = -returns["SPY"] * 7.0
     out = fx.compute_exposures(levered, as_of, symbols=["LEVER", "SHORTY"])
-    assert _row(out, "LEVER", "Market").beta == 5.0
-    assert _row(out, "SHORTY", "Market").beta == -5.0
-    assert _row(out, "LEVER", "Market").r2 == pytest.approx(1.0, abs=1e-12)
+    assert _row(out, "LEVER", "market").beta == 5.0
+    assert _row(out, "SHORTY", "market").beta == -5.0
+    assert _row(out, "LEVER", "market").r2 == pytest.approx(1.0, abs=1e-12)
 
 
 def test_result_for_one_symbol_does_not_depend_on_the_others(returns, as_of, exposures):
@@ -165,8 +165,8 @@ def test_result_for_one_symbol_does_not_depend_on_the_others(returns, as_of, exp
 
 def test_missing_factor_etf_drops_only_its_models(returns, as_of):
     out = fx.compute_exposures(returns.drop(columns=["TLT"]), as_of, symbols=["MSFT"])
-    assert "Interest Rate" not in set(out.factor)
-    assert "Market" in set(out.factor)
+    assert "interest_rate" not in set(out.factor)
+    assert "market" in set(out.factor)
 
 
 def test_as_of_must_be_a_row(returns):

@@ -75,18 +75,18 @@ class FactorModel:
         return tuple(r.factor for r in self.regressors)
 
 
-MARKET = FactorModel("market", "ols", (Regressor("Market", "SPY"),), window=90, min_obs=30)
-RATES = FactorModel("rates", "ols", (Regressor("Interest Rate", "TLT"),), window=90, min_obs=30)
+MARKET = FactorModel("market", "ols", (Regressor("market", "SPY"),), window=90, min_obs=30)
+RATES = FactorModel("rates", "ols", (Regressor("interest_rate", "TLT"),), window=90, min_obs=30)
 STYLE = FactorModel(
     "style",
     "ridge",
     (
-        Regressor("Value", "VTV"),
-        Regressor("Growth", "VUG"),
-        Regressor("Momentum", "MTUM"),
-        Regressor("Quality", "QUAL"),
-        Regressor("Size", "IWM"),
-        Regressor("Low Volatility", "USMV"),
+        Regressor("value", "VTV"),
+        Regressor("growth", "VUG"),
+        Regressor("momentum", "MTUM"),
+        Regressor("quality", "QUAL"),
+        Regressor("size", "IWM"),
+        Regressor("low_volatility", "USMV"),
     ),
     window=90,
     min_obs=30,
@@ -96,10 +96,10 @@ SPREADS = FactorModel(
     "spread",
     "ols",
     (
-        Regressor("Growth-Value Spread", "VUG", "VTV"),
-        Regressor("Momentum Spread", "MTUM", "SPY"),
-        Regressor("Size Spread", "IWM", "SPY"),
-        Regressor("Quality Spread", "QUAL", "SPY"),
+        Regressor("growth_value_spread", "VUG", "VTV"),
+        Regressor("momentum_spread", "MTUM", "SPY"),
+        Regressor("size_spread", "IWM", "SPY"),
+        Regressor("quality_spread", "QUAL", "SPY"),
     ),
     window=180,
     min_obs=60,
