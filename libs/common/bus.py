@@ -1,0 +1,376 @@
+"""The message bus at the edge: streams, durable consumers, one publish helper, one consume loop.
+
+Two streams: commands (`*.requested`) live in a work-queue stream (a message is removed
+once acked, and each subject has exactly one durable consumer, shared by all replicas of
+its service); events (`*.completed`) live in a limits stream kept for days, where every
+interested service has its own durable consumer, so each handler's failure is its own.
+
+Delivery is at-least-once. Publishes carry `Nats-Msg-Id` (JetStream drops repeats inside the
+duplicate window) and handlers are idempotent in the database beyond it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from pydantic import ValidationError
+
+from libs.common.events import COMMANDS, EVENTS, Message
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+
+class TransientError(Exception):
+    """A failure worth retrying later (provider down, lock held): nak with a delay."""
+
+
+class PermanentError(Exception):
+    """A failure no retry will fix (bad payload, unknown portfolio): dead-letter now."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names of streams and subjects, optionally under a prefix (one per environment/test)."""
+
+    prefix: str = ""
+
+    def subject(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def _stream(self, name: str) -> str:
+        clean = re.sub(r"[^A-Za-z0-9_-]", "_", self.prefix).upper()
+        return f"{clean}_{name}" if clean else name
+
+    @property
+    def jobs_stream(self) -> str:
+        return self._stream("SIGMABATCH_JOBS")
+
+    @property
+    def events_stream(self) -> str:
+        return self._stream("SIGMABATCH_EVENTS")
+
+    def stream_for(self, message_type: type[Message]) -> str:
+        return self.jobs_stream if message_type.is_command else self.events_stream
+
+
+@dataclass(frozen=True)
+class ConsumerSpec(Generic[M]):
+    """A durable pull consumer of one message type.
+
+    `job_type` names the dead-letter records this consumer writes (visible in the API).
+    """
+
+    durable: str
+    message_type: type[M]
+    job_type: str
+    ack_wait_seconds: float = 30.0
+    max_deliver: int = 5
+    max_ack_pending: int = 1000
+    nak_delays: tuple[float, ...] = field(default=(1.0, 5.0, 15.0, 60.0))
+
+    def nak_delay(self, num_delivered: int) -> float:
+        return self.nak_delays[min(num_delivered, len(self.nak_delays)) - 1]
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect with unbounded reconnects: a NATS restart pauses the service, never kills it."""
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected", extra={"service": name})
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", extra={"service": name})
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc, extra={"service": name})
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+    )
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    topology: Topology,
+    *,
+    duplicate_window_seconds: float = 3600.0,
+    event_retention_days: int = 14,
+) -> None:
+    """Create or update both streams (idempotent; every service calls it at start-up)."""
+    configs = [
+        StreamConfig(
+            name=topology.jobs_stream,
+            subjects=[topology.subject(m.subject) for m in COMMANDS],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=duplicate_window_seconds,
+        ),
+        StreamConfig(
+            name=topology.events_stream,
+            subjects=[topology.subject(m.subject) for m in EVENTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=event_retention_days * 86400.0,
+            duplicate_window=duplicate_window_seconds,
+        ),
+    ]
+    for config in configs:
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                continue
+            except BadRequestError:
+                pass  # another replica created it a moment ago: update it below
+        await js.update_stream(config)
+
+
+def _consumer_config(topology: Topology, spec: ConsumerSpec[Any]) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        filter_subject=topology.subject(spec.message_type.subject),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait_seconds,
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+    )
+
+
+async def ensure_consumer(
+    js: JetStreamContext, topology: Topology, spec: ConsumerSpec[Any]
+) -> None:
+    """Create the durable, or recreate it when its config changed.
+
+    `pull_subscribe(durable=...)` silently keeps an existing consumer's old config, so the
+    comparison is explicit. Recreating a durable loses nothing on the work queue (unacked
+    messages stay in the stream); on the events stream it redelivers history, which the
+    idempotent handlers absorb.
+    """
+    stream = topology.stream_for(spec.message_type)
+    wanted = _consumer_config(topology, spec)
+    try:
+        info = await js.consumer_info(stream, spec.durable)
+    except NotFoundError:
+        info = None
+    if info is not None:
+        current = info.config
+        same = (
+            current.filter_subject == wanted.filter_subject
+            and current.ack_wait == wanted.ack_wait
+            and current.max_deliver == wanted.max_deliver
+            and current.max_ack_pending == wanted.max_ack_pending
+        )
+        if same:
+            return
+        log.info("consumer %s config changed: recreating", spec.durable)
+        await js.delete_consumer(stream, spec.durable)
+    try:
+        await js.add_consumer(stream, wanted)
+    except BadRequestError:
+        # A replica created it at the same moment: fine if it now exists.
+        await js.consumer_info(stream, spec.durable)
+
+
+async def publish(js: JetStreamContext, topology: Topology, message: Message) -> bool:
+    """Publish with `Nats-Msg-Id` = the message's business key.
+
+    Returns False when JetStream dropped it as a duplicate of a message inside the window.
+    """
+    headers = {
+        "Nats-Msg-Id": message.message_id(),
+        "Correlation-Id": message.correlation_id,
+    }
+    ack = await js.publish(
+        topology.subject(message.subject),
+        message.model_dump_json().encode(),
+        headers=headers,
+    )
+    duplicate = bool(ack.duplicate)
+    log.info(
+        "published %s%s",
+        message.subject,
+        " (duplicate dropped)" if duplicate else "",
+        extra={"msg_id": message.message_id(), "correlation_id": message.correlation_id},
+    )
+    return not duplicate
+
+
+@dataclass
+class Delivery:
+    """What a handler may know of the message in hand."""
+
+    msg: Msg
+    num_delivered: int
+    msg_id: str | None
+
+    async def in_progress(self) -> None:
+        """Extend AckWait explicitly (the consume loop also heartbeats on its own)."""
+        await self.msg.in_progress()
+
+
+DeadLetterSink = Callable[[ConsumerSpec[Any], str, bytes, str, int], Awaitable[None]]
+Handler = Callable[[M, Delivery], Awaitable[None]]
+
+
+async def _heartbeat(msg: Msg, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+
+
+async def process_message(
+    msg: Msg,
+    spec: ConsumerSpec[M],
+    handler: Handler[M],
+    dead_letter: DeadLetterSink | None,
+) -> str:
+    """Run `handler` for one message and settle it: ack, nak(delay) or term + dead letter.
+
+    Returns the outcome ("ack", "nak", "dead"). Cancellation (shutdown) naks the message so
+    another replica takes it at once instead of after AckWait.
+    """
+    deliveries = msg.metadata.num_delivered if msg.metadata else 1
+    msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+    key = msg_id or f"seq:{msg.metadata.sequence.stream if msg.metadata else '?'}"
+
+    async def to_dead_letter(error: str) -> str:
+        log.error(
+            "dead-lettering %s after %d deliveries: %s",
+            spec.message_type.subject,
+            deliveries,
+            error,
+            extra={"msg_id": key},
+        )
+        if dead_letter is not None:
+            try:
+                await dead_letter(spec, key, msg.data, error, deliveries)
+            except Exception:
+                # Keep the message: it comes back after AckWait and is dead-lettered then.
+                log.exception("could not record dead letter for %s", key)
+                return "nak"
+        await msg.term()
+        return "dead"
+
+    try:
+        message = spec.message_type.model_validate_json(msg.data)
+    except ValidationError as exc:
+        return await to_dead_letter(f"invalid {spec.message_type.__name__} payload: {exc}")
+
+    heartbeat = asyncio.create_task(_heartbeat(msg, max(spec.ack_wait_seconds / 3, 0.2)))
+    try:
+        await handler(message, Delivery(msg=msg, num_delivered=deliveries, msg_id=msg_id))
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await msg.nak()
+        raise
+    except PermanentError as exc:
+        return await to_dead_letter(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        if deliveries >= spec.max_deliver:
+            return await to_dead_letter(f"{type(exc).__name__}: {exc}")
+        delay = spec.nak_delay(deliveries)
+        log.warning(
+            "handler failed (delivery %d/%d), retry in %.1fs: %s: %s",
+            deliveries,
+            spec.max_deliver,
+            delay,
+            type(exc).__name__,
+            exc,
+            extra={"msg_id": key, "correlation_id": message.correlation_id},
+        )
+        await msg.nak(delay=delay)
+        return "nak"
+    finally:
+        heartbeat.cancel()
+    await msg.ack()
+    return "ack"
+
+
+async def consume(
+    js: JetStreamContext,
+    topology: Topology,
+    spec: ConsumerSpec[M],
+    handler: Handler[M],
+    stop: asyncio.Event,
+    *,
+    dead_letter: DeadLetterSink | None = None,
+    batch: int = 1,
+    fetch_timeout: float = 1.0,
+) -> None:
+    """Pull, handle and settle messages until `stop` is set.
+
+    The message in hand is finished before the loop returns (graceful SIGTERM).
+    """
+    await ensure_consumer(js, topology, spec)
+    stream = topology.stream_for(spec.message_type)
+    subscription = await js.pull_subscribe_bind(durable=spec.durable, stream=stream)
+    try:
+        while not stop.is_set():
+            try:
+                messages = await subscription.fetch(batch, timeout=fetch_timeout)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
+                await asyncio.sleep(0.5)
+                continue
+            except Exception as exc:  # reconnecting, consumer being recreated, ...
+                log.warning("fetch from %s failed: %s", spec.durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in messages:
+                await process_message(msg, spec, handler, dead_letter)
+    finally:
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()
+
+
+async def consumer_lag(js: JetStreamContext, topology: Topology) -> list[dict[str, Any]]:
+    """Per durable consumer: pending (not yet delivered) and ack-pending counts."""
+    rows: list[dict[str, Any]] = []
+    for stream in (topology.jobs_stream, topology.events_stream):
+        try:
+            consumers = await js.consumers_info(stream)
+        except NotFoundError:
+            continue
+        for info in consumers:
+            rows.append(
+                {
+                    "stream": stream,
+                    "consumer": info.name,
+                    "pending": info.num_pending,
+                    "ack_pending": info.num_ack_pending,
+                    "redelivered": info.num_redelivered,
+                }
+            )
+    return rows

@@ -1,0 +1,94 @@
+"""The job tracker: the database admits one running job per type and key."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+
+from libs.common.db import dispose_engines, session_scope
+from libs.common.jobs import JobAlreadyRunning, JobLeaseLost, JobTracker
+
+
+@pytest.fixture
+async def tracker(database_url: str):
+    yield JobTracker(database_url, worker_id="w1", stale_after_seconds=2.0)
+    await dispose_engines()
+
+
+async def test_two_concurrent_starts_of_one_job_exactly_one_wins(
+    database_url: str, tracker
+) -> None:
+    trackers = [JobTracker(database_url, worker_id=f"w{i}") for i in range(8)]
+    results = await asyncio.gather(
+        *(t.start("symbol_batch", "2024-03-01") for t in trackers), return_exceptions=True
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    losers = [r for r in results if isinstance(r, JobAlreadyRunning)]
+    assert len(winners) == 1 and len(losers) == 7
+
+
+async def test_different_types_and_keys_run_together(tracker) -> None:
+    a = await tracker.start("symbol_batch", "2024-03-01")
+    b = await tracker.start("portfolio_refresh", "2024-03-01")
+    c = await tracker.start("symbol_batch", "2024-03-04")
+    assert len({a.id, b.id, c.id}) == 3
+
+
+async def test_finished_job_can_run_again_as_a_new_row(tracker) -> None:
+    job = await tracker.start("symbol_onboard", "NVDA")
+    await tracker.finish(job, "failed", error="provider down")
+    again = await tracker.start("symbol_onboard", "NVDA")
+    assert again.id != job.id
+
+
+async def test_stale_running_job_is_reclaimed_and_the_old_worker_is_fenced(
+    database_url, tracker
+) -> None:
+    job = await tracker.start("symbol_batch", "2024-03-01")
+    other = JobTracker(database_url, worker_id="w2", stale_after_seconds=2.0)
+    with pytest.raises(JobAlreadyRunning):
+        await other.start("symbol_batch", "2024-03-01")
+    async with session_scope(database_url) as session:  # the first worker stops heartbeating
+        await session.execute(
+            text("UPDATE batch_run_history SET heartbeat_at = now() - interval '1 minute'")
+        )
+    reclaimed = await other.start("symbol_batch", "2024-03-01")
+    assert reclaimed.id == job.id and reclaimed.reclaimed and reclaimed.attempts == 2
+    with pytest.raises(JobLeaseLost):
+        await tracker.progress(job, 5, 10)
+    await other.finish(reclaimed, "completed")
+
+
+async def test_phases_progress_and_finish_are_recorded(tracker) -> None:
+    job = await tracker.start("symbol_batch", "2024-03-01", phases=["profiles", "prices"])
+    await tracker.phase(job, "profiles", total=10, unit="symbols")
+    await tracker.progress(job, 4)
+    await tracker.phase(job, "prices", total=3, unit="chunks")
+    await tracker.phase(job, "factors", total=2, unit="dates")  # a phase not declared up front
+    await tracker.finish(job, "partial", result={"symbols_failed": 1})
+    row = await tracker.latest("symbol_batch", "2024-03-01")
+    assert row["status"] == "partial" and row["finished_at"] is not None
+    assert [p["name"] for p in row["phases"]] == ["profiles", "prices", "factors"]
+    assert all(p["status"] == "completed" for p in row["phases"])
+    assert row["phases"][0]["total"] == 10 and row["phases"][0]["unit"] == "symbols"
+    assert row["result"] == {"symbols_failed": 1}
+
+
+async def test_run_context_marks_failure_with_the_error(tracker) -> None:
+    with pytest.raises(ValueError):
+        async with tracker.run("portfolio_refresh", "p1:2024-03-01", heartbeat_seconds=0.1):
+            raise ValueError("price table empty")
+    row = await tracker.latest("portfolio_refresh", "p1:2024-03-01")
+    assert row["status"] == "failed" and "price table empty" in row["error"]
+
+
+async def test_dead_letter_marks_the_running_job_failed(tracker) -> None:
+    job = await tracker.start("symbol_onboard", "onboard:ZZZ")
+    await tracker.record_dead_letter(
+        "symbol_onboard", "onboard:ZZZ", "boom", b'{"symbol":"ZZZ"}', 5
+    )
+    row = await tracker.latest("symbol_onboard", "onboard:ZZZ")
+    assert row["id"] == job.id and row["status"] == "failed" and row["error"] == "boom"
+    assert row["result"]["dead_letter"] is True and row["result"]["deliveries"] == 5
