@@ -102,7 +102,8 @@ class Position(Base):
     entry_date: Mapped[dt.date] = mapped_column(Date, nullable=False)
     exit_date: Mapped[dt.date | None] = mapped_column(Date)
     exit_price: Mapped[Decimal | None] = mapped_column(MONEY)
-    investment_class: Mapped[str] = mapped_column(String(16), nullable=False)  # PUBLIC/OPTIONS/PRIVATE
+    # PUBLIC/OPTIONS/PRIVATE
+    investment_class: Mapped[str] = mapped_column(String(16), nullable=False)
     investment_subtype: Mapped[str | None] = mapped_column(String(64))
     underlying_symbol: Mapped[str | None] = mapped_column(String(32))
     strike_price: Mapped[Decimal | None] = mapped_column(MONEY)
@@ -283,12 +284,15 @@ class PositionSnapshot(Base):
         ForeignKey("portfolios.id", ondelete="CASCADE"), nullable=False
     )
     price: Mapped[Decimal | None] = mapped_column(MONEY)
-    price_source: Mapped[str] = mapped_column(String(16), nullable=False)  # market/stale/model/entry
+    # market/stale/model/entry
+    price_source: Mapped[str] = mapped_column(String(16), nullable=False)
     market_value: Mapped[Decimal] = mapped_column(MONEY, nullable=False)
     daily_pnl: Mapped[Decimal] = mapped_column(MONEY, nullable=False)
     realized_pnl: Mapped[Decimal] = mapped_column(MONEY, nullable=False)
     model_inputs: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    __table_args__ = (Index("ix_position_snapshots_portfolio_date", "portfolio_id", "snapshot_date"),)
+    __table_args__ = (
+        Index("ix_position_snapshots_portfolio_date", "portfolio_id", "snapshot_date"),
+    )
 
 
 class FactorExposure(Base):
@@ -340,13 +344,12 @@ class BatchRun(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
     job_type: Mapped[str] = mapped_column(String(64), nullable=False)
     job_key: Mapped[str] = mapped_column(String(256), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)  # running/completed/partial/failed
+    # running/completed/partial/failed
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
     correlation_id: Mapped[str | None] = mapped_column(String(128))
     worker_id: Mapped[str | None] = mapped_column(String(128))
     current_phase: Mapped[str | None] = mapped_column(String(64))
-    phases: Mapped[list[dict[str, Any]]] = mapped_column(
-        JSONB, nullable=False, server_default="[]"
-    )
+    phases: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False, server_default="[]")
     progress_current: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     progress_total: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     progress_unit: Mapped[str | None] = mapped_column(String(32))
@@ -377,7 +380,8 @@ class PortfolioOnboarding(Base):
     portfolio_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True
     )
-    status: Mapped[str] = mapped_column(String(16), nullable=False)  # running/completed/partial/failed
+    # running/completed/partial/failed
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
     mode: Mapped[str] = mapped_column(String(16), nullable=False)  # v2_instant / v2_async
     started_at: Mapped[dt.datetime] = created_at_column()
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
