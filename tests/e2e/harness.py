@@ -1,0 +1,293 @@
+"""The whole system as real processes, driven the way users and operators drive it.
+
+Four services run as separate `python -m services.<name>` processes against real NATS and
+PostgreSQL. The harness uploads portfolios through the HTTP API, fires the nightly trigger,
+waits on database state (never on a clock offset between steps), injects faults (kill -9,
+replicas, server restarts) and reduces the final state to a digest, so a faulty run can be
+compared with a clean one: same digest = nothing lost, nothing duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from libs.common import bus
+from libs.common.auth import create_user_token
+from libs.common.db import dispose_engines, session_scope
+from libs.common.events import BatchNightlyRequested
+from tests.processes import ServiceProcess
+
+SERVICES = ("symbol_batch", "portfolio_refresh", "onboarding", "status_api")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(coro: Any) -> Any:
+    """Run one coroutine on a fresh loop (the harness is synchronous, like an operator)."""
+
+    async def wrapped() -> Any:
+        try:
+            return await coro
+        finally:
+            await dispose_engines()
+
+    return asyncio.run(wrapped())
+
+
+class System:
+    """Processes, API client and database probes of one test's deployment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = dict(env)
+        self.api_port = free_port()
+        self.env["API_PORT"] = str(self.api_port)
+        self.database_url = env["DATABASE_URL"]
+        self.processes: dict[str, list[ServiceProcess]] = {name: [] for name in SERVICES}
+        self.token: str | None = None
+
+    # --- processes ------------------------------------------------------------------
+    def start(self, name: str, *, replica: int | None = None) -> ServiceProcess:
+        replicas = self.processes[name]
+        process = ServiceProcess(
+            name, self.env, replica=len(replicas) if replica is None else replica
+        )
+        process.start()
+        replicas.append(process)
+        return process
+
+    def start_all(self) -> None:
+        for name in SERVICES:
+            self.start(name)
+        self.wait_api()
+
+    def kill(self, name: str, index: int = 0) -> ServiceProcess:
+        process = self.processes[name][index]
+        process.kill()
+        return process
+
+    def restart(self, name: str, index: int = 0) -> ServiceProcess:
+        old = self.processes[name][index]
+        old.kill()
+        fresh = ServiceProcess(name, self.env, replica=old.replica)
+        fresh.start()
+        self.processes[name][index] = fresh
+        return fresh
+
+    def stop_all(self) -> None:
+        for replicas in self.processes.values():
+            for process in replicas:
+                process.kill()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}[{p.replica}]\n{p.log()[-3000:]}"
+            for replicas in self.processes.values()
+            for p in replicas
+        )
+
+    # --- API ------------------------------------------------------------------------
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def wait_api(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"status_api not ready:\n{self.logs()}")
+
+    def login(self, user: str = "alice") -> str:
+        async def create() -> str:
+            async with session_scope(self.database_url) as session:
+                return await create_user_token(session, user, admin=False)
+
+        self.token = run(create())
+        return self.token
+
+    def client(self) -> httpx.Client:
+        assert self.token, "login() first"
+        return httpx.Client(
+            base_url=self.api_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
+        )
+
+    def upload(self, csv_path: Path, name: str | None = None) -> dict[str, Any]:
+        with self.client() as client:
+            response = client.post(
+                "/api/v1/portfolios",
+                files={"file": (csv_path.name, csv_path.read_bytes(), "text/csv")},
+                data={"name": name or csv_path.stem},
+            )
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def wait_onboarded(self, portfolio_id: str, timeout: float = 90.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                status = client.get(f"/api/v1/onboarding/status/{portfolio_id}").json()
+                if status.get("status") in ("completed", "partial", "failed"):
+                    return status
+                time.sleep(0.2)
+        raise TimeoutError(f"onboarding of {portfolio_id} stuck at {status}:\n{self.logs()}")
+
+    # --- operator actions ---------------------------------------------------------------
+    def seed_universe(self, symbols: list[str]) -> None:
+        async def seed() -> None:
+            async with session_scope(self.database_url) as session:
+                await session.execute(
+                    text(
+                        "INSERT INTO symbol_universe (symbol, added_by) "
+                        "SELECT s, 'seed' FROM unnest(CAST(:symbols AS text[])) AS s "
+                        "ON CONFLICT (symbol) DO NOTHING"
+                    ),
+                    {"symbols": symbols},
+                )
+
+        run(seed())
+
+    def set_watermark(self, last_completed: dt.date) -> None:
+        """As if the batch had completed `last_completed` before this deployment's history."""
+
+        async def mark() -> None:
+            async with session_scope(self.database_url) as session:
+                await session.execute(
+                    text(
+                        "INSERT INTO symbol_batch_dates (batch_date, status, symbols_total) "
+                        "VALUES (:d, 'completed', 0) ON CONFLICT DO NOTHING"
+                    ),
+                    {"d": last_completed},
+                )
+
+        run(mark())
+
+    def trigger(self, target: dt.date, *, requested_by: str = "cron") -> bool:
+        async def publish() -> bool:
+            import nats
+
+            nc = await nats.connect(self.env["NATS_URL"])
+            try:
+                topology = bus.Topology(self.env.get("SIGMABATCH_BUS_PREFIX", ""))
+                return await bus.publish(
+                    nc.jetstream(),
+                    topology,
+                    BatchNightlyRequested(target_date=target, requested_by=requested_by),
+                )
+            finally:
+                await nc.close()
+
+        return run(publish())
+
+    # --- database probes ----------------------------------------------------------------
+    def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        async def fetch() -> list[dict[str, Any]]:
+            async with session_scope(self.database_url) as session:
+                result = await session.execute(text(sql), params)
+                return [dict(r) for r in result.mappings()]
+
+        return run(fetch())
+
+    def wait_until(self, what: str, predicate: Callable[[], bool], timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"timed out waiting for {what}:\n{self.logs()}")
+
+    def batch_dates(self) -> list[dt.date]:
+        rows = self.query("SELECT batch_date FROM symbol_batch_dates ORDER BY batch_date")
+        return [r["batch_date"] for r in rows]
+
+    def complete_snapshots(self) -> int:
+        return self.query("SELECT count(*) AS n FROM portfolio_snapshots WHERE is_complete")[0]["n"]
+
+    def wait_for_cycle(self, dates: list[dt.date], portfolios: int, timeout: float = 180.0) -> None:
+        """Every date batched and every portfolio snapshotted on every date."""
+        self.wait_until(
+            f"symbol batch of {dates}", lambda: set(dates) <= set(self.batch_dates()), timeout
+        )
+
+        def snapshots_done() -> bool:
+            rows = self.query(
+                "SELECT count(*) AS n FROM portfolio_snapshots "
+                "WHERE is_complete AND snapshot_date = ANY(:dates)",
+                dates=dates,
+            )
+            return rows[0]["n"] >= portfolios * len(dates)
+
+        self.wait_until("snapshots", snapshots_done, timeout)
+
+    def digest(self) -> dict[str, Any]:
+        """The business state, keyed by stable names (ids differ between deployments)."""
+
+        def rows(sql: str) -> list[tuple[Any, ...]]:
+            return [tuple(r.values()) for r in self.query(sql)]
+
+        return {
+            "batch_dates": rows(
+                "SELECT batch_date, status, symbols_failed FROM symbol_batch_dates "
+                "WHERE symbols_total > 0 ORDER BY batch_date"
+            ),
+            "prices": rows(
+                "SELECT date, count(*), round(sum(adj_close)::numeric, 6) FROM market_data_cache "
+                "GROUP BY date ORDER BY date"
+            ),
+            "betas": rows(
+                "SELECT calculation_date, count(*), round(sum(beta)::numeric, 8) "
+                "FROM symbol_factor_exposures GROUP BY calculation_date ORDER BY calculation_date"
+            ),
+            "snapshots": rows(
+                "SELECT p.name, s.snapshot_date, s.is_complete, s.equity, s.daily_pnl, "
+                "s.cumulative_pnl, s.total_value, s.position_count "
+                "FROM portfolio_snapshots s JOIN portfolios p ON p.id = s.portfolio_id "
+                "ORDER BY p.name, s.snapshot_date"
+            ),
+            "portfolio_exposures": rows(
+                "SELECT p.name, e.calculation_date, e.factor_name, round(e.exposure::numeric, 8) "
+                "FROM factor_exposures e JOIN portfolios p ON p.id = e.portfolio_id "
+                "ORDER BY 1, 2, 3"
+            ),
+            "position_exposures": rows(
+                "SELECT calculation_date, count(*) FROM position_factor_exposures "
+                "GROUP BY calculation_date ORDER BY 1"
+            ),
+        }
+
+    def duplicates(self) -> dict[str, int]:
+        """Rows that would be duplicates if the unique keys were missing (must all be 0)."""
+        checks = {
+            "snapshots": "SELECT count(*) - count(DISTINCT (portfolio_id, snapshot_date)) AS n FROM portfolio_snapshots",
+            "running_jobs": "SELECT count(*) - count(DISTINCT (job_type, job_key)) AS n FROM batch_run_history WHERE status = 'running'",
+            "completed_batch_runs": (
+                "SELECT count(*) - count(DISTINCT job_key) AS n FROM batch_run_history "
+                "WHERE job_type = 'symbol_batch' AND status IN ('completed', 'partial')"
+            ),
+        }
+        return {name: self.query(sql)[0]["n"] for name, sql in checks.items()}
+
+
+def decimal_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, Decimal) and isinstance(b, Decimal):
+        return abs(a - b) < Decimal("0.000001")
+    return a == b

@@ -1,0 +1,126 @@
+"""Faults injected into the nightly cycle; each run must end in the clean run's exact state.
+
+Equality with the reference digest is the whole assertion: every batch date, price, beta,
+snapshot and exposure present once with the clean run's values (nothing lost, nothing
+duplicated). CI runs one seed per fault; `SIGMABATCH_FULL_FAULTS=1` runs every seed
+(docs/reliability.md has the figures).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.e2e.harness import System
+from tests.e2e.scenario import FIRST_TARGET, SECOND_TARGET, run_scenario
+
+pytestmark = pytest.mark.e2e
+
+FULL = os.environ.get("SIGMABATCH_FULL_FAULTS") == "1"
+SEEDS = list(range(1, 6)) if FULL else [1]
+
+
+def kill_and_restart(service: str, seed: int, window: float = 2.0):
+    """A fault: SIGKILL `service` at a random point within `window` s, then restart it."""
+
+    def fault(system: System) -> None:
+        rng = random.Random(f"{service}:{seed}")
+        time.sleep(rng.uniform(0.0, window))
+        system.kill(service)
+        time.sleep(rng.uniform(0.0, 0.5))
+        system.restart(service)
+
+    return fault
+
+
+def assert_same_state(system: System, digest: dict[str, Any], reference: dict[str, Any]) -> None:
+    for key in reference:
+        assert digest[key] == reference[key], f"{key} differs from the clean run"
+    assert system.duplicates() == {"snapshots": 0, "running_jobs": 0, "completed_batch_runs": 0}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(
+    "service,point",
+    [
+        ("symbol_batch", "after_first_trigger"),
+        ("symbol_batch", "after_second_trigger"),
+        ("portfolio_refresh", "after_second_trigger"),
+        ("onboarding", "after_upload"),
+        ("status_api", "after_upload"),
+    ],
+)
+def test_kill_9_then_restart_loses_and_duplicates_nothing(
+    system: System, reference_digest, service: str, point: str, seed: int
+) -> None:
+    digest = run_scenario(system, {point: kill_and_restart(service, seed)})
+    assert_same_state(system, digest, reference_digest)
+
+
+def test_nightly_trigger_fired_ten_times_by_two_cron_hosts(
+    system: System, reference_digest
+) -> None:
+    def storm(target):
+        def fault(system: System) -> None:
+            for i in range(9):
+                system.trigger(target, requested_by=f"cron-{'ab'[i % 2]}")
+            # The second cron host runs the real CLI, as its crontab line does.
+            env = dict(system.env)
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "sigmabatch.cli",
+                    "trigger",
+                    "nightly",
+                    "--date",
+                    target.isoformat(),
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr
+
+        return fault
+
+    digest = run_scenario(
+        system,
+        {"after_first_trigger": storm(FIRST_TARGET), "after_second_trigger": storm(SECOND_TARGET)},
+    )
+    assert_same_state(system, digest, reference_digest)
+    runs = system.query(
+        "SELECT job_key, count(*) AS n FROM batch_run_history WHERE job_type = 'symbol_batch' "
+        "AND status IN ('completed', 'partial') GROUP BY job_key"
+    )
+    assert runs and all(r["n"] == 1 for r in runs)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_two_replicas_of_batch_and_refresh_one_killed_mid_run(
+    system: System, reference_digest, seed: int
+) -> None:
+    def add_replicas(system: System) -> None:
+        system.start("symbol_batch")
+        system.start("portfolio_refresh")
+
+    def kill_one(system: System) -> None:
+        rng = random.Random(seed)
+        time.sleep(rng.uniform(0.0, 1.5))
+        system.kill("symbol_batch", rng.randrange(2))
+        time.sleep(rng.uniform(0.0, 1.0))
+        system.kill("portfolio_refresh", rng.randrange(2))
+
+    digest = run_scenario(
+        system, {"after_first_trigger": add_replicas, "after_second_trigger": kill_one}
+    )
+    assert_same_state(system, digest, reference_digest)
