@@ -1,0 +1,27 @@
+"""Market data providers behind one interface (``sample`` offline, ``yfinance`` real)."""
+
+from libs.common.market_data.base import (
+    PRICE_COLUMNS,
+    Fundamentals,
+    FundamentalsResult,
+    MarketDataProvider,
+    PriceResult,
+    Profile,
+    ProfileResult,
+    provider_exclusion,
+    refuse_excluded,
+)
+from libs.common.market_data.factory import get_provider
+
+__all__ = [
+    "PRICE_COLUMNS",
+    "Fundamentals",
+    "FundamentalsResult",
+    "MarketDataProvider",
+    "PriceResult",
+    "Profile",
+    "ProfileResult",
+    "get_provider",
+    "provider_exclusion",
+    "refuse_excluded",
+]
