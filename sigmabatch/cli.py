@@ -1,0 +1,446 @@
+"""The `sigmabatch` command: what operators and cron run (DESIGN §2).
+
+    sigmabatch up [--data-dir DIR] [--port N]      the whole system, embedded by default
+    sigmabatch demo [--data-dir DIR] [--port N]    up + sample universe, backfill, example uploads
+    sigmabatch service NAME                        one service (deployments: one per container)
+    sigmabatch trigger nightly [--date D]          what cron runs
+    sigmabatch migrate | status | token create --user NAME [--admin]
+
+Operator commands find the system through DATABASE_URL / NATS_URL, else through the
+`runtime.json` that a running `sigmabatch up` wrote in its data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sigmabatch.supervisor import SERVICES, AlreadyRunning, running_runtime
+
+log = logging.getLogger("sigmabatch")
+
+
+class CommandError(RuntimeError):
+    """A failure to report in one line, without a traceback."""
+
+
+# -- where the system is -------------------------------------------------------------------
+
+
+def _settings() -> Any:
+    from libs.common.config import get_settings
+
+    return get_settings()
+
+
+def default_data_dir() -> Path:
+    return Path(_settings().data_dir)
+
+
+def resolve_urls(data_dir: Path) -> tuple[str | None, str | None]:
+    """(database_url, nats_url): env first, then the runtime.json of a running `up`."""
+    settings = _settings()
+    runtime = running_runtime(data_dir) or {}
+    return (
+        settings.database_url or runtime.get("database_url"),
+        settings.nats_url or runtime.get("nats_url"),
+    )
+
+
+@contextlib.contextmanager
+def database_url_for(data_dir: Path) -> Iterator[str]:
+    """A database URL; with none configured and nothing running, the data dir's embedded
+    PostgreSQL is started for the command and stopped after it."""
+    database_url, _ = resolve_urls(data_dir)
+    if database_url:
+        yield database_url
+        return
+    from sigmabatch.embedded import EmbeddedPostgres
+
+    log.info("no DATABASE_URL and no running system: using the embedded PostgreSQL of %s", data_dir)
+    with EmbeddedPostgres(Path(data_dir) / "postgres") as postgres:
+        yield postgres.url
+
+
+def require_nats_url(data_dir: Path) -> str:
+    _, nats_url = resolve_urls(data_dir)
+    if not nats_url:
+        raise CommandError(
+            f"no NATS_URL set and no running `sigmabatch up` in {data_dir}: "
+            "start the system or set NATS_URL"
+        )
+    return nats_url
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain aligned text table (operators read it in a terminal or a cron mail)."""
+    if not rows:
+        return "  (none)"
+    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    header = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    lines = ["  " + header, "  " + "  ".join("-" * w for w in widths)]
+    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from sigmabatch.supervisor import run_up
+
+    return asyncio.run(run_up(args.data_dir, args.port))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sigmabatch.demo import run_demo
+
+    return asyncio.run(run_demo(args.data_dir, args.port, examples_dir=args.examples))
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    """Replace this process with the service (signals reach it directly, as in a container)."""
+    os.execv(sys.executable, [sys.executable, "-m", f"services.{args.name}"])
+    return 0  # not reached
+
+
+async def publish_nightly(
+    nats_url: str, target_date: dt.date | None, requested_by: str, rerun: bool
+) -> tuple[str, bool]:
+    """Publish `batch.nightly.requested`; returns (msg id, published-not-duplicate)."""
+    import nats
+
+    from libs.common import bus
+    from libs.common.events import BatchNightlyRequested
+
+    settings = _settings()
+    topology = bus.Topology(settings.bus_prefix)
+    message = BatchNightlyRequested(
+        target_date=target_date,
+        requested_by=requested_by,
+        rerun_token=uuid.uuid4().hex[:12] if rerun else None,
+    )
+    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(
+            js,
+            topology,
+            duplicate_window_seconds=settings.duplicate_window_seconds,
+            event_retention_days=settings.event_retention_days,
+        )
+        published = await bus.publish(js, topology, message)
+    finally:
+        await nc.close()
+    return message.message_id(), published
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    nats_url = require_nats_url(args.data_dir)
+    msg_id, published = asyncio.run(
+        publish_nightly(nats_url, args.date, args.requested_by, args.rerun)
+    )
+    if published:
+        print(f"published batch.nightly.requested ({msg_id})")
+    else:
+        print(f"batch.nightly.requested ({msg_id}) was already published: duplicate dropped")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from libs.common.migrate import head_revision, upgrade
+
+    with database_url_for(args.data_dir) as database_url:
+        upgrade(database_url)
+    print(f"database at revision {head_revision()}")
+    return 0
+
+
+async def create_token(database_url: str, username: str, admin: bool) -> str:
+    from libs.common.auth import create_user_token
+    from libs.common.db import dispose_engines, session_scope
+
+    try:
+        async with session_scope(database_url) as session:
+            return await create_user_token(session, username, admin)
+    finally:
+        await dispose_engines()
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    with database_url_for(args.data_dir) as database_url:
+        try:
+            token = asyncio.run(create_token(database_url, args.user, args.admin))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+    print(token)
+    return 0
+
+
+async def gather_status(database_url: str, nats_url: str | None) -> dict[str, Any]:
+    """Jobs, the watermark and bus lag, as one JSON-able dict."""
+    from sqlalchemy import text
+
+    from libs.common.db import dispose_engines, session_scope
+
+    status: dict[str, Any] = {}
+    try:
+        async with session_scope(database_url) as session:
+            watermark = (
+                await session.execute(
+                    text(
+                        "SELECT max(batch_date) FILTER (WHERE status = 'completed') AS completed, "
+                        "max(batch_date) AS latest, count(*) AS dates "
+                        "FROM symbol_batch_dates"
+                    )
+                )
+            ).one()
+            status["watermark"] = {
+                "last_completed_date": watermark.completed,
+                "last_date": watermark.latest,
+                "dates_recorded": watermark.dates,
+            }
+            columns = (
+                "job_type, job_key, status, current_phase, progress_current, progress_total, "
+                "progress_unit, attempts, started_at, heartbeat_at, finished_at, error"
+            )
+            running = await session.execute(
+                text(
+                    f"SELECT {columns} FROM batch_run_history WHERE status = 'running' "
+                    "ORDER BY started_at"
+                )
+            )
+            status["running"] = [dict(r) for r in running.mappings()]
+            recent = await session.execute(
+                text(
+                    f"SELECT {columns} FROM batch_run_history WHERE status <> 'running' "
+                    "ORDER BY coalesce(finished_at, started_at) DESC LIMIT 15"
+                )
+            )
+            status["recent"] = [dict(r) for r in recent.mappings()]
+            counts = await session.execute(
+                text(
+                    "SELECT status, count(*) AS n FROM batch_run_history "
+                    "WHERE started_at > now() - interval '1 day' GROUP BY status"
+                )
+            )
+            status["last_24h"] = {r.status: r.n for r in counts}
+    finally:
+        await dispose_engines()
+    status["bus"] = await _bus_status(nats_url)
+    return status
+
+
+async def _bus_status(nats_url: str | None) -> dict[str, Any]:
+    if not nats_url:
+        return {"error": "NATS_URL unknown (no running system found)"}
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from libs.common import bus
+
+    topology = bus.Topology(_settings().bus_prefix)
+    try:
+        nc = await nats.connect(nats_url, connect_timeout=3, allow_reconnect=False)
+    except Exception as exc:
+        return {"url": nats_url, "error": f"unreachable: {exc}"}
+    try:
+        js = nc.jetstream()
+        streams = []
+        for name in (topology.jobs_stream, topology.events_stream):
+            with contextlib.suppress(NotFoundError):
+                info = await js.stream_info(name)
+                streams.append(
+                    {"stream": name, "messages": info.state.messages, "bytes": info.state.bytes}
+                )
+        return {
+            "url": nats_url,
+            "streams": streams,
+            "consumers": await bus.consumer_lag(js, topology),
+        }
+    finally:
+        await nc.close()
+
+
+def _short(value: Any, width: int = 60) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, str) and len(value) > width:
+        return value[: width - 1] + "…"
+    return value
+
+
+def render_status(status: dict[str, Any]) -> str:
+    mark = status["watermark"]
+    job_columns = ["job_type", "job_key", "status", "phase", "progress", "started_at", "error"]
+
+    def job_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                **{k: _short(v) for k, v in row.items()},
+                "phase": row["current_phase"],
+                "progress": f"{row['progress_current']}/{row['progress_total']}"
+                + (f" {row['progress_unit']}" if row["progress_unit"] else ""),
+            }
+            for row in rows
+        ]
+
+    parts = [
+        f"Watermark: last completed symbol batch date {mark['last_completed_date'] or '(none)'}"
+        f" (latest recorded {mark['last_date'] or '(none)'}, {mark['dates_recorded']} dates)",
+        "Jobs in the last 24 h: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(status["last_24h"].items())) or "none"),
+        "",
+        "Running jobs:",
+        format_table(job_rows(status["running"]), job_columns),
+        "",
+        "Recent jobs:",
+        format_table(job_rows(status["recent"]), job_columns),
+        "",
+    ]
+    bus_status = status["bus"]
+    if "error" in bus_status:
+        parts.append(f"Bus: {bus_status['error']}")
+    else:
+        parts += [
+            f"Streams ({bus_status['url']}):",
+            format_table(bus_status["streams"], ["stream", "messages", "bytes"]),
+            "",
+            "Consumers (pending = not yet delivered, ack_pending = in hand):",
+            format_table(
+                bus_status["consumers"],
+                ["stream", "consumer", "pending", "ack_pending", "redelivered"],
+            ),
+        ]
+    return "\n".join(parts)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    database_url, nats_url = resolve_urls(args.data_dir)
+    if not database_url:
+        raise CommandError(
+            f"no DATABASE_URL set and no running `sigmabatch up` in {args.data_dir}: "
+            "start the system or set DATABASE_URL"
+        )
+    status = asyncio.run(gather_status(database_url, nats_url))
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        print(render_status(status))
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {value!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sigmabatch",
+        description="Batch and onboarding backend of a portfolio-risk platform (NATS + PostgreSQL).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_data_dir(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="where embedded servers keep data and runtime.json "
+            "(default: $SIGMABATCH_DATA_DIR or ./.sigmabatch)",
+        )
+        return sub
+
+    for name, helptext in (
+        ("up", "run the whole system (embedded NATS/PostgreSQL where no URL is set)"),
+        ("demo", "up, then load the sample universe, backfill, upload examples, summarize"),
+    ):
+        sub = with_data_dir(commands.add_parser(name, help=helptext))
+        sub.add_argument("--port", type=int, default=None, help="API port (0 = a free port)")
+        sub.set_defaults(handler=cmd_up if name == "up" else cmd_demo)
+        if name == "demo":
+            sub.add_argument(
+                "--examples", type=Path, default=None, help="directory of portfolio CSVs to upload"
+            )
+
+    sub = commands.add_parser("service", help="run one service in the foreground")
+    sub.add_argument("name", choices=SERVICES)
+    sub.set_defaults(handler=cmd_service)
+
+    trigger = commands.add_parser("trigger", help="publish a trigger (what cron runs)")
+    trigger_kinds = trigger.add_subparsers(dest="kind", required=True, metavar="KIND")
+    nightly = with_data_dir(trigger_kinds.add_parser("nightly", help="the nightly batch"))
+    nightly.add_argument(
+        "--date", type=_date, default=None, help="target trading date (default: latest)"
+    )
+    nightly.add_argument("--requested-by", default="cron", help="recorded on the request")
+    nightly.add_argument(
+        "--rerun",
+        action="store_true",
+        help="bypass the duplicate window on purpose (re-run a date)",
+    )
+    nightly.set_defaults(handler=cmd_trigger)
+
+    with_data_dir(commands.add_parser("migrate", help="migrate the database to head")).set_defaults(
+        handler=cmd_migrate
+    )
+
+    status = with_data_dir(commands.add_parser("status", help="jobs, watermark, bus lag"))
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
+
+    token = commands.add_parser("token", help="API tokens")
+    token_actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = with_data_dir(token_actions.add_parser("create", help="create a user's token"))
+    create.add_argument("--user", default=getpass.getuser(), help="user name (created if new)")
+    create.add_argument("--admin", action="store_true", help="an admin user")
+    create.set_defaults(handler=cmd_token_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("nats", "asyncio", "httpx", "alembic", "libs.common.bus"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "data_dir", "unset") is None:
+        args.data_dir = default_data_dir()
+    if isinstance(getattr(args, "data_dir", None), Path):
+        args.data_dir = args.data_dir.resolve()
+    if getattr(args, "port", "unset") is None:
+        args.port = _settings().api_port
+    try:
+        return args.handler(args)
+    except (CommandError, AlreadyRunning) as exc:
+        print(f"sigmabatch: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
