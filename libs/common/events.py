@@ -10,6 +10,7 @@ Commands (`*.requested`) go to the work-queue stream and have one handler; event
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from typing import ClassVar, Literal
 
@@ -90,6 +91,27 @@ class PortfolioRefreshRequested(Message):
         return f"refresh:{self.portfolio_id}:{key}"
 
 
+class PortfolioRefreshChunkRequested(Message):
+    """One slice of a date's portfolios (fan-out of `symbol.batch.completed` by
+    portfolio_refresh): replicas sharing the work-queue consumer take different chunks."""
+
+    subject: ClassVar[str] = "portfolio.refresh.chunk.requested"
+    is_command: ClassVar[bool] = True
+    batch_date: dt.date
+    portfolio_ids: list[uuid.UUID]
+    chunk_index: int
+    chunk_count: int
+
+    def message_id(self) -> str:
+        digest = hashlib.sha1(
+            ",".join(sorted(str(p) for p in self.portfolio_ids)).encode()
+        ).hexdigest()[:12]
+        return (
+            f"refresh-chunk:{self.batch_date.isoformat()}:"
+            f"{self.chunk_index}/{self.chunk_count}:{digest}"
+        )
+
+
 class PortfolioRefreshCompleted(Message):
     subject: ClassVar[str] = "portfolio.refresh.completed"
     is_command: ClassVar[bool] = False
@@ -105,6 +127,7 @@ COMMANDS: tuple[type[Message], ...] = (
     BatchNightlyRequested,
     SymbolOnboardRequested,
     PortfolioRefreshRequested,
+    PortfolioRefreshChunkRequested,
 )
 EVENTS: tuple[type[Message], ...] = (
     SymbolBatchCompleted,
