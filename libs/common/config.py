@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     max_backfill_days: int = Field(default=30, alias="SIGMABATCH_MAX_BACKFILL_DAYS")
     settle_delay_minutes: int = Field(default=60, alias="SIGMABATCH_SETTLE_DELAY_MINUTES")
     provider_rate_per_second: float = Field(default=5.0, alias="SIGMABATCH_PROVIDER_RATE")
+    # Portfolio refresh: portfolios per fan-out chunk (one transaction each); the risk-free
+    # rate of Black-Scholes model prices for options without a quote.
+    refresh_chunk_size: int = Field(default=500, alias="SIGMABATCH_REFRESH_CHUNK_SIZE")
+    risk_free_rate: float = Field(default=0.04, alias="SIGMABATCH_RISK_FREE_RATE")
     # Service liveness endpoint; 0 = pick a free port, -1 = disabled.
     health_port: int = Field(default=-1, alias="SIGMABATCH_HEALTH_PORT")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
