@@ -30,6 +30,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
+from libs.common.market_data.base import provider_exclusion
+
 HEADER: tuple[str, ...] = (
     "Symbol",
     "Quantity",
@@ -138,7 +140,8 @@ class ParsedPosition:
             return self.underlying_symbol
         if self.investment_class is InvestmentClass.PRIVATE:
             return None
-        if is_non_market_symbol(self.symbol) or self.investment_subtype == "CASH":
+        if (is_non_market_symbol(self.symbol) or self.investment_subtype == "CASH"
+                or provider_exclusion(self.symbol, self.investment_class.value) is not None):
             return None
         return self.symbol
 

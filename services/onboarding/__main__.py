@@ -1,0 +1,64 @@
+"""`python -m services.onboarding`: onboarding workers and coordinator in one process.
+
+Replicas share the durable consumers: symbol requests spread over them, each completion
+event is handled once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from libs.common.config import Settings
+from libs.common.events import SymbolOnboardCompleted, SymbolOnboardRequested
+from libs.common.market_data import MarketDataProvider, get_provider
+from libs.common.service import ServiceContext, ServiceDefinition, Subscription, main
+from services.onboarding.coordinator import OnboardingCoordinator
+from services.onboarding.worker import JOB_TYPE, OnboardingWorker
+
+WORKER_CONCURRENCY = 4
+
+
+def default_provider(settings: Settings) -> MarketDataProvider:
+    return get_provider(settings)
+
+
+def build_definition(
+    provider_factory: Callable[[Settings], MarketDataProvider] = default_provider,
+) -> ServiceDefinition:
+    """The service, with the provider injectable (tests wrap the real one to count calls)."""
+    state: dict[str, OnboardingCoordinator] = {}
+
+    def coordinator(ctx: ServiceContext) -> OnboardingCoordinator:
+        if "c" not in state:
+            state["c"] = OnboardingCoordinator(ctx.database_url, ctx.publish)
+        return state["c"]
+
+    def subscriptions(ctx: ServiceContext) -> list[Subscription]:
+        worker = OnboardingWorker(ctx, provider_factory(ctx.settings))
+        return [
+            Subscription(
+                ctx.consumer("onboarding-worker", SymbolOnboardRequested, JOB_TYPE),
+                worker.handle,
+                concurrency=WORKER_CONCURRENCY,
+            ),
+            Subscription(
+                ctx.consumer("onboarding-coordinator", SymbolOnboardCompleted,
+                             "onboarding_coordinator"),
+                coordinator(ctx).handle,
+            ),
+        ]
+
+    async def on_start(ctx: ServiceContext) -> None:
+        await coordinator(ctx).reconcile()
+
+    async def reconcile_loop(ctx: ServiceContext, stop) -> None:
+        await coordinator(ctx).reconcile_forever(stop)
+
+    return ServiceDefinition(
+        name="onboarding", subscriptions=subscriptions, on_start=on_start,
+        background=(reconcile_loop,),
+    )
+
+
+if __name__ == "__main__":
+    main(build_definition())

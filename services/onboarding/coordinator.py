@@ -1,0 +1,89 @@
+"""Onboarding coordinator: when a portfolio's last symbol settles, request its first snapshot.
+
+Runs on every `symbol.onboard.completed` and, as a reconciler, at start-up and periodically:
+the reconciler re-publishes whatever the database says is still owed (symbols pending,
+snapshots requested but not made), so a crash between a commit and its publish loses
+nothing; the messages' business keys make the repeats harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from libs.common.bus import Delivery
+from libs.common.calendar import effective_trading_date
+from libs.common.db import session_scope
+from libs.common.events import (
+    Message,
+    PortfolioRefreshRequested,
+    SymbolOnboardCompleted,
+    SymbolOnboardRequested,
+)
+from services.onboarding import store
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Message], Awaitable[bool]]
+RECONCILE_INTERVAL_SECONDS = 30.0
+
+
+def fallback_as_of() -> dt.date:
+    return effective_trading_date(dt.datetime.now(dt.UTC))
+
+
+async def publish_snapshot_requests(
+    publish: Publish, requests: Sequence[store.SnapshotRequest], correlation_id: str | None = None
+) -> None:
+    for request in requests:
+        kwargs = {"correlation_id": correlation_id} if correlation_id else {}
+        await publish(PortfolioRefreshRequested(
+            portfolio_id=request.portfolio_id, as_of=request.as_of, reason="onboarding",
+            **kwargs))
+
+
+class OnboardingCoordinator:
+    def __init__(self, database_url: str, publish: Publish) -> None:
+        self.database_url = database_url
+        self.publish = publish
+
+    async def handle(self, message: SymbolOnboardCompleted, delivery: Delivery) -> None:
+        async with session_scope(self.database_url) as session:
+            requests = await store.request_snapshot_if_ready(
+                session, symbol=message.symbol.upper(), fallback_as_of=fallback_as_of())
+        await publish_snapshot_requests(self.publish, requests, message.correlation_id)
+        if requests:
+            log.info("%s settled: first snapshot requested for %d portfolio(s)",
+                     message.symbol, len(requests))
+
+    async def reconcile(self) -> None:
+        """Re-publish what is owed; mark onboardings whose snapshot is done."""
+        async with session_scope(self.database_url) as session:
+            symbols = await store.unsettled_symbols(session)
+            await store.finish_completed_onboardings(session)
+        for symbol in symbols:
+            await self.publish(SymbolOnboardRequested(symbol=symbol, requested_by="reconciler"))
+        async with session_scope(self.database_url) as session:
+            ready = await store.request_snapshot_if_ready(session, fallback_as_of=fallback_as_of())
+        async with session_scope(self.database_url) as session:
+            owed = await store.unsettled_snapshot_requests(session)
+        await publish_snapshot_requests(self.publish, owed)
+        if symbols or ready:
+            log.info("reconciled: %d symbol request(s) re-published, %d snapshot(s) requested",
+                     len(symbols), len(ready))
+
+    async def reconcile_forever(self, stop: asyncio.Event,
+                                interval: float = RECONCILE_INTERVAL_SECONDS) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            if stop.is_set():
+                return
+            try:
+                await self.reconcile()
+            except Exception as exc:  # DB or NATS blip: the next round retries
+                log.warning("reconcile failed: %s", exc)

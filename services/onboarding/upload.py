@@ -1,0 +1,147 @@
+"""The upload use case: a CSV becomes a portfolio that onboards itself.
+
+1. Parse and validate (pure; any problem rejects the upload and nothing is written).
+2. One transaction: portfolio (owned by the caller), positions, onboarding state.
+3. After the commit: one `symbol.onboard.requested` per symbol still pending (the msg id
+   `onboard:<SYMBOL>` and the symbol_onboarding row dedupe across users and replicas), then
+   the readiness check. With every symbol known it succeeds at once: the first snapshot is
+   made in this request when a snapshot maker is wired in (`v2_instant`, the first poll
+   already says `completed`), otherwise requested on the bus.
+
+equity_balance: optional; by default the net entry value of the positions (longs minus
+shorts, options at their premium). A net short or zero book has no meaningful default and
+must state it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from libs.common.db import session_scope
+from libs.common.events import SymbolOnboardRequested
+from libs.common.portfolio_csv import CsvProblem, latest_allowed_date, parse_portfolio_csv
+from services.onboarding import store
+from services.onboarding.coordinator import Publish, fallback_as_of, publish_snapshot_requests
+from services.onboarding.domain import MODE_ASYNC, MODE_INSTANT, default_equity
+
+log = logging.getLogger(__name__)
+
+# Makes the snapshot of (portfolio, date) in process; raises if it cannot.
+SnapshotMaker = Callable[[uuid.UUID, dt.date], Awaitable[None]]
+MAX_NAME_LENGTH = 300
+
+
+class UploadRejected(Exception):
+    def __init__(self, problems: list[CsvProblem]) -> None:
+        super().__init__(f"{len(problems)} problem(s)")
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    portfolio_id: uuid.UUID
+    positions_created: int
+    symbols_known: list[str]
+    symbols_queued: list[str]
+    status: str  # running / completed / partial
+    mode: str
+
+
+def check_form(name: str, equity_balance: str | None) -> tuple[str, Decimal | None]:
+    """Validate the non-file form fields; problems use the field name as column."""
+    problems: list[CsvProblem] = []
+    clean_name = (name or "").strip()
+    if not clean_name:
+        problems.append(CsvProblem(None, "name", "The portfolio needs a name."))
+    elif len(clean_name) > MAX_NAME_LENGTH:
+        problems.append(CsvProblem(None, "name",
+                                   f"The name is longer than {MAX_NAME_LENGTH} characters."))
+    equity: Decimal | None = None
+    if equity_balance is not None and equity_balance.strip():
+        try:
+            equity = Decimal(equity_balance.strip())
+            if not equity.is_finite() or equity <= 0 or abs(equity) >= Decimal("1e15"):
+                raise ValueError
+        except (ArithmeticError, ValueError):
+            problems.append(CsvProblem(None, "equity_balance", (
+                f"equity_balance '{equity_balance}' must be a positive amount, like 250000.00.")))
+            equity = None
+    if problems:
+        raise UploadRejected(problems)
+    return clean_name, equity
+
+
+async def upload_portfolio(
+    *,
+    database_url: str,
+    publish: Publish,
+    user_id: uuid.UUID,
+    username: str,
+    name: str,
+    data: bytes,
+    equity_balance: str | None = None,
+    snapshot_maker: SnapshotMaker | None = None,
+    retry_failed_after_seconds: float = 3600.0,
+) -> UploadResult:
+    problems: list[CsvProblem] = []
+    try:
+        clean_name, equity = check_form(name, equity_balance)
+    except UploadRejected as exc:
+        problems.extend(exc.problems)
+        clean_name, equity = name, None
+    parsed = parse_portfolio_csv(data, today=latest_allowed_date())
+    problems.extend(parsed.problems)
+    if not problems and equity is None:
+        equity = default_equity(parsed.positions)
+        if equity <= 0:
+            problems.append(CsvProblem(None, "equity_balance", (
+                f"The positions' net entry value is {equity} (a net short or zero book), "
+                "so there is no default starting equity: send equity_balance.")))
+    if problems:
+        raise UploadRejected(problems)
+    assert equity is not None
+
+    data_symbols = sorted({s for p in parsed.positions if (s := p.market_data_symbol)})
+    async with session_scope(database_url) as session:
+        stored = await store.store_upload(
+            session, user_id=user_id, name=clean_name, positions=parsed.positions,
+            data_symbols=data_symbols, equity_balance=equity, requested_by=username,
+            retry_failed_after_seconds=retry_failed_after_seconds)
+
+    for symbol in stored.symbols_queued:
+        await publish(SymbolOnboardRequested(symbol=symbol, portfolio_id=stored.portfolio_id,
+                                             requested_by=username))
+    async with session_scope(database_url) as session:
+        requests = await store.request_snapshot_if_ready(
+            session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
+
+    status = "running"
+    if requests and snapshot_maker is not None:
+        try:
+            await snapshot_maker(stored.portfolio_id, requests[0].as_of)
+        except Exception:
+            log.exception("in-process first snapshot of %s failed; requesting it on the bus",
+                          stored.portfolio_id)
+            requests_to_publish = requests
+        else:
+            requests_to_publish = []
+            async with session_scope(database_url) as session:
+                if await store.finish_completed_onboardings(session, stored.portfolio_id):
+                    status = "partial" if requests[0].failed_symbols else "completed"
+        await publish_snapshot_requests(publish, requests_to_publish)
+    else:
+        await publish_snapshot_requests(publish, requests)
+
+    return UploadResult(
+        portfolio_id=stored.portfolio_id,
+        positions_created=stored.positions_created,
+        symbols_known=stored.symbols_known,
+        symbols_queued=stored.symbols_queued,
+        status=status,
+        mode=MODE_ASYNC if (stored.symbols_queued or stored.symbols_failed) else MODE_INSTANT,
+    )

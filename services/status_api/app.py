@@ -1,0 +1,200 @@
+"""The FastAPI application factory: wiring only (routes live in routes.py).
+
+The app owns one NATS connection (publishing uploads' onboarding requests and the admin
+trigger) and the process's DB engine. NATS being down does not stop the API: reads work,
+uploads still commit, and the onboarding reconciler publishes what could not be published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from libs.common import bus
+from libs.common.auth import TokenCache
+from libs.common.config import Settings, get_settings
+from libs.common.db import dispose_engines, get_engine
+from libs.common.events import Message
+from services.onboarding.upload import SnapshotMaker
+from services.status_api.routes import api
+from services.status_api.schemas import Health, Readiness
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    uploads: Counter
+
+    @classmethod
+    def create(cls) -> Metrics:
+        registry = CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter("sigmabatch_http_requests_total", "HTTP requests",
+                             ["method", "route", "status"], registry=registry),
+            latency=Histogram("sigmabatch_http_request_seconds", "HTTP request latency",
+                              ["method", "route"], registry=registry,
+                              buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)),
+            uploads=Counter("sigmabatch_uploads_total", "Portfolio uploads by outcome",
+                            ["outcome"], registry=registry),
+        )
+
+
+def create_app(settings: Settings | None = None, *,
+               snapshot_maker: SnapshotMaker | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    database_url = settings.require_database_url()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        get_engine(database_url)
+        connector = asyncio.create_task(_connect_nats(app, settings))
+        try:
+            yield
+        finally:
+            connector.cancel()
+            with contextlib.suppress(BaseException):
+                await connector
+            if app.state.nc is not None:
+                with contextlib.suppress(Exception):
+                    await app.state.nc.drain()
+            await dispose_engines()
+
+    app = FastAPI(
+        title="sigmabatch API",
+        version="0.1.0",
+        description=(
+            "Portfolio onboarding and batch status. Every /api/v1 endpoint needs "
+            "`Authorization: Bearer <token>` (`sigmabatch token create --user NAME`). "
+            "Errors are JSON `{detail, errors: [{row, column, message}]}`."),
+        lifespan=lifespan,
+    )
+    state = app.state
+    state.settings = settings
+    state.database_url = database_url
+    state.auth_disabled = settings.auth_disabled
+    state.token_cache = TokenCache()
+    state.snapshot_maker = snapshot_maker
+    state.topology = bus.Topology(settings.bus_prefix)
+    state.nc = None
+    state.js = None
+    state.metrics = Metrics.create()
+
+    async def publish(message: Message) -> bool:
+        """Best effort after a commit: the onboarding reconciler re-publishes what fails."""
+        if state.js is None:
+            log.warning("NATS not connected: %s left to the reconciler", message.message_id())
+            return False
+        try:
+            return await bus.publish(state.js, state.topology, message)
+        except Exception as exc:
+            log.warning("publish of %s failed (%s): left to the reconciler",
+                        message.message_id(), exc)
+            return False
+
+    state.publish = publish
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+            allow_methods=["*"], allow_headers=["*"])
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        state.metrics.requests.labels(request.method, template, str(response.status_code)).inc()
+        state.metrics.latency.labels(request.method, template).observe(
+            time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"row": None, "column": ".".join(str(p) for p in e.get("loc", ())[1:]) or None,
+             "message": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": "Invalid request.",
+                                                      "errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code,
+                            content={"detail": str(exc.detail), "errors": []},
+                            headers=getattr(exc, "headers", None))
+
+    app.include_router(api)
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Readiness, tags=["ops"],
+             responses={503: {"model": Readiness, "description": "A dependency is down."}})
+    async def readyz() -> JSONResponse:
+        database = False
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                async with get_engine(database_url).connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+                database = True
+        nats_ok = bool(state.nc is not None and state.nc.is_connected)
+        ok = database and nats_ok
+        return JSONResponse(status_code=200 if ok else 503, content={
+            "status": "ok" if ok else "unavailable", "database": database, "nats": nats_ok})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}},
+                              "description": "Prometheus text format."}})
+    async def metrics() -> Response:
+        return Response(generate_latest(state.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _connect_nats(app: FastAPI, settings: Settings) -> None:
+    """Connect (retrying until NATS is up) and declare the streams; then stay connected."""
+    delay = 0.2
+    while True:
+        try:
+            nc = await bus.connect(settings.require_nats_url(), "status_api")
+            js = nc.jetstream()
+            await bus.ensure_streams(
+                js, app.state.topology,
+                duplicate_window_seconds=settings.duplicate_window_seconds,
+                event_retention_days=settings.event_retention_days)
+            app.state.nc, app.state.js = nc, js
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("NATS not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

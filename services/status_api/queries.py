@@ -1,0 +1,279 @@
+"""Read models: one SQL statement per endpoint where possible (the status endpoint is polled).
+
+Every portfolio read is scoped by owner in SQL (`user_id = :user_id`), so another user's
+portfolio is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.onboarding import store
+from services.onboarding.domain import PHASES, progress
+
+ONBOARDING_SQL = text(
+    """
+    SELECT p.id AS portfolio_id, po.status, po.mode, po.started_at, po.finished_at,
+           po.snapshot_requested_at, po.snapshot_date, po.failed_symbols, po.error,
+           (SELECT count(*) FROM portfolio_onboarding_symbols s
+             WHERE s.portfolio_id = p.id) AS symbols_total,
+           (SELECT count(*) FROM portfolio_onboarding_symbols s
+             JOIN symbol_onboarding so ON so.symbol = s.symbol
+             WHERE s.portfolio_id = p.id AND so.status IN ('ready', 'failed')) AS symbols_settled,
+           EXISTS (SELECT 1 FROM portfolio_snapshots ps
+                    WHERE ps.portfolio_id = p.id AND ps.snapshot_date = po.snapshot_date
+                      AND ps.is_complete) AS snapshot_done,
+           (SELECT COALESCE(json_agg(json_build_object(
+                       'timestamp', a.timestamp, 'level', a.level, 'message', a.message)
+                       ORDER BY a.id), '[]'::json)
+              FROM (SELECT * FROM onboarding_activity oa WHERE oa.portfolio_id = p.id
+                    ORDER BY oa.id DESC LIMIT 100) a) AS activity
+    FROM portfolios p
+    LEFT JOIN portfolio_onboarding po ON po.portfolio_id = p.id
+    WHERE p.id = :portfolio_id AND p.user_id = :user_id
+    """
+)
+
+
+async def onboarding_status(
+    session: AsyncSession, portfolio_id: uuid.UUID, user_id: uuid.UUID
+) -> dict[str, Any] | None:
+    """The onboarding status document, or None when the caller has no such portfolio."""
+    row = (await session.execute(ONBOARDING_SQL, {"portfolio_id": portfolio_id,
+                                                  "user_id": user_id})).mappings().first()
+    if row is None:
+        return None
+    if row["status"] is None:
+        return {"portfolio_id": portfolio_id, "status": "not_found"}
+    status = row["status"]
+    if status == "running" and row["snapshot_done"]:
+        # The snapshot landed since the last look: record the outcome (idempotent).
+        await store.finish_completed_onboardings(session, portfolio_id)
+        status = "partial" if row["failed_symbols"] else "completed"
+    now = dt.datetime.now(dt.UTC)
+    finished = row["finished_at"] or (now if status == "running" else None)
+    snapshot_done = bool(row["snapshot_done"]) or status in ("completed", "partial")
+    prog = progress(
+        symbols_total=row["symbols_total"],
+        symbols_settled=row["symbols_settled"],
+        snapshot_requested=row["snapshot_requested_at"] is not None,
+        snapshot_done=snapshot_done,
+        failed=status == "failed",
+    )
+    phases = [
+        {
+            "phase_id": f"phase_{i + 1}",
+            "phase_name": name,
+            "status": prog.phase_states[i],
+            **_phase_counts(key, row, snapshot_done),
+        }
+        for i, (key, name) in enumerate(PHASES)
+    ]
+    activity = row["activity"]
+    if isinstance(activity, str):  # json (not jsonb) may come back as text
+        activity = json.loads(activity)
+    return {
+        "portfolio_id": portfolio_id,
+        "status": status,
+        "mode": row["mode"],
+        "started_at": row["started_at"],
+        "elapsed_seconds": round(((finished or now) - row["started_at"]).total_seconds(), 3),
+        "overall_progress": {
+            "current_phase": f"phase_{prog.current_phase}",
+            "current_phase_name": prog.phase_name,
+            "phases_completed": prog.phases_completed,
+            "phases_total": len(PHASES),
+            "percent_complete": prog.percent,
+        },
+        "current_phase_progress": {"current": prog.phase_current, "total": prog.phase_total,
+                                   "unit": prog.phase_unit},
+        "phases": phases,
+        "activity_log": activity,
+        "snapshot_date": row["snapshot_date"],
+        "failed_symbols": list(row["failed_symbols"] or []),
+        "error": row["error"],
+    }
+
+
+def _phase_counts(key: str, row: Any, snapshot_done: bool) -> dict[str, Any]:
+    if key == "symbols":
+        return {"current": row["symbols_settled"], "total": row["symbols_total"],
+                "unit": "symbols"}
+    if key == "snapshot":
+        return {"current": 1 if snapshot_done else 0, "total": 1, "unit": "snapshots"}
+    return {"current": 1, "total": 1, "unit": "files"}
+
+
+JOB_COLUMNS = """
+    id, job_type, job_key, status, current_phase, phases, progress_current, progress_total,
+    progress_unit, started_at, heartbeat_at, finished_at, attempts, error, worker_id,
+    correlation_id, result
+"""
+
+
+def job_document(row: Any) -> dict[str, Any]:
+    end = row["finished_at"] or dt.datetime.now(dt.UTC)
+    return {
+        **{k: row[k] for k in ("id", "job_type", "job_key", "status", "current_phase", "phases",
+                               "started_at", "heartbeat_at", "finished_at", "attempts", "error",
+                               "worker_id", "correlation_id", "result")},
+        "progress": {"current": row["progress_current"], "total": row["progress_total"],
+                     "unit": row["progress_unit"]},
+        "duration_seconds": round((end - row["started_at"]).total_seconds(), 3),
+    }
+
+
+async def jobs(session: AsyncSession, status: str | None, job_type: str | None,
+               limit: int) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            f"SELECT {JOB_COLUMNS} FROM batch_run_history "
+            "WHERE (CAST(:status AS text) IS NULL OR status = :status) "
+            "AND (CAST(:job_type AS text) IS NULL OR job_type = :job_type) "
+            "ORDER BY started_at DESC LIMIT :limit"
+        ),
+        {"status": status, "job_type": job_type, "limit": limit},
+    )
+    return [job_document(r) for r in rows.mappings()]
+
+
+PORTFOLIO_SQL = """
+    SELECT p.id, p.id AS portfolio_id, p.name, p.equity_balance, p.currency, p.created_at,
+           (SELECT count(*) FROM positions x WHERE x.portfolio_id = p.id) AS position_count,
+           po.status AS onboarding_status,
+           (SELECT max(snapshot_date) FROM portfolio_snapshots s
+             WHERE s.portfolio_id = p.id AND s.is_complete) AS latest_snapshot_date
+    FROM portfolios p LEFT JOIN portfolio_onboarding po ON po.portfolio_id = p.id
+    WHERE p.user_id = :user_id AND p.is_active
+"""
+
+SNAPSHOT_COLUMNS = """
+    snapshot_date, equity, total_value, long_value, short_value, gross_exposure, net_exposure,
+    daily_pnl, daily_unrealized_pnl, daily_realized_pnl, daily_return, cumulative_pnl,
+    capital_flow, position_count, has_stale_prices, stale_symbols, has_model_prices
+"""
+
+
+async def portfolios(session: AsyncSession, user_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await session.execute(text(PORTFOLIO_SQL + " ORDER BY p.created_at DESC"),
+                                 {"user_id": user_id})
+    return [dict(r) for r in rows.mappings()]
+
+
+async def portfolio(session: AsyncSession, user_id: uuid.UUID,
+                    portfolio_id: uuid.UUID) -> dict[str, Any] | None:
+    row = (await session.execute(text(PORTFOLIO_SQL + " AND p.id = :portfolio_id"),
+                                 {"user_id": user_id, "portfolio_id": portfolio_id})
+           ).mappings().first()
+    return dict(row) if row else None
+
+
+async def snapshots(session: AsyncSession, portfolio_id: uuid.UUID, start: dt.date | None,
+                    end: dt.date | None, limit: int | None = None,
+                    newest_first: bool = False) -> list[dict[str, Any]]:
+    order = "DESC" if newest_first else "ASC"
+    rows = await session.execute(
+        text(
+            f"SELECT {SNAPSHOT_COLUMNS} FROM portfolio_snapshots "
+            "WHERE portfolio_id = :portfolio_id AND is_complete "
+            "AND (CAST(:start AS date) IS NULL OR snapshot_date >= :start) "
+            "AND (CAST(:end AS date) IS NULL OR snapshot_date <= :end) "
+            f"ORDER BY snapshot_date {order}" + (" LIMIT :limit" if limit else "")
+        ),
+        {"portfolio_id": portfolio_id, "start": start, "end": end, "limit": limit},
+    )
+    return [{**r, "stale_symbols": list(r["stale_symbols"] or [])} for r in rows.mappings()]
+
+
+async def positions(session: AsyncSession, portfolio_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            """
+            WITH latest AS (
+                SELECT max(snapshot_date) AS d FROM portfolio_snapshots
+                WHERE portfolio_id = :portfolio_id AND is_complete)
+            SELECT p.id AS position_id, p.source_row, p.symbol, p.quantity, p.entry_price,
+                   p.entry_date, p.exit_date, p.exit_price, p.investment_class,
+                   p.investment_subtype, p.underlying_symbol, p.strike_price,
+                   p.expiration_date, p.option_type, p.multiplier,
+                   ps.snapshot_date AS valuation_date, ps.price, ps.price_source,
+                   ps.market_value
+            FROM positions p
+            LEFT JOIN position_snapshots ps ON ps.position_id = p.id
+                 AND ps.snapshot_date = (SELECT d FROM latest)
+            WHERE p.portfolio_id = :portfolio_id
+            ORDER BY p.source_row NULLS LAST, p.symbol
+            """
+        ),
+        {"portfolio_id": portfolio_id},
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def factor_exposures(session: AsyncSession, portfolio_id: uuid.UUID,
+                           on: dt.date | None) -> dict[str, Any]:
+    day = (await session.execute(
+        text("SELECT max(calculation_date) FROM factor_exposures "
+             "WHERE portfolio_id = :p AND (CAST(:d AS date) IS NULL OR calculation_date <= :d)"),
+        {"p": portfolio_id, "d": on})).scalar_one_or_none()
+    factors: list[dict[str, Any]] = []
+    if day is not None:
+        rows = await session.execute(
+            text(
+                """
+                SELECT fe.factor_name AS factor, fd.display_name, fe.exposure, fe.exposure_dollar
+                FROM factor_exposures fe
+                LEFT JOIN factor_definitions fd ON fd.name = fe.factor_name
+                WHERE fe.portfolio_id = :p AND fe.calculation_date = :d
+                ORDER BY fd.sort_order NULLS LAST, fe.factor_name
+                """
+            ),
+            {"p": portfolio_id, "d": day},
+        )
+        factors = [dict(r) for r in rows.mappings()]
+    return {"portfolio_id": portfolio_id, "calculation_date": day, "factors": factors}
+
+
+async def symbol_known(session: AsyncSession, symbol: str) -> bool:
+    return bool((await session.execute(
+        text("SELECT EXISTS (SELECT 1 FROM symbol_universe WHERE symbol = :s) "
+             "OR EXISTS (SELECT 1 FROM market_data_cache WHERE symbol = :s)"),
+        {"s": symbol})).scalar_one())
+
+
+async def prices(session: AsyncSession, symbol: str, start: dt.date | None,
+                 end: dt.date | None) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            "SELECT date, close, adj_close, source FROM market_data_cache WHERE symbol = :s "
+            "AND (CAST(:start AS date) IS NULL OR date >= :start) "
+            "AND (CAST(:end AS date) IS NULL OR date <= :end) ORDER BY date"
+        ),
+        {"s": symbol, "start": start, "end": end},
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def symbol_factors(session: AsyncSession, symbol: str,
+                         on: dt.date | None) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            """
+            SELECT e.factor_name AS factor, e.beta, e.r2, e.n_obs, e.quality, e.calculation_date
+            FROM symbol_factor_exposures e
+            LEFT JOIN factor_definitions fd ON fd.name = e.factor_name
+            WHERE e.symbol = :s AND e.calculation_date = (
+                SELECT max(calculation_date) FROM symbol_factor_exposures
+                WHERE symbol = :s AND (CAST(:d AS date) IS NULL OR calculation_date <= :d))
+            ORDER BY fd.sort_order NULLS LAST, e.factor_name
+            """
+        ),
+        {"s": symbol, "d": on},
+    )
+    return [dict(r) for r in rows.mappings()]

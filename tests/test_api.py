@@ -1,0 +1,254 @@
+"""status_api on real PostgreSQL + NATS: auth, tenancy, uploads, reads, batch endpoints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import nats
+from sqlalchemy import text
+
+from libs.common import bus
+from libs.common.db import session_scope
+from libs.common.events import BatchNightlyRequested
+from libs.common.jobs import JobTracker
+from tests.test_api_helpers import (
+    FIXTURES,
+    api_client,
+    count,
+    csv_bytes,
+    seed_known_symbols,
+    stock_rows,
+    token_for,
+)
+
+UPLOAD = "/api/v1/portfolios"
+
+
+def upload_form(data: bytes, name: str = "Test", **extra: str):
+    return {"files": {"file": ("p.csv", data, "text/csv")}, "data": {"name": name, **extra}}
+
+
+async def test_missing_or_bad_token_is_401(settings):
+    async with api_client(settings) as client:
+        for path in (UPLOAD, "/api/v1/batch/jobs", f"/api/v1/onboarding/status/{uuid.uuid4()}"):
+            response = await client.get(path)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"] == "Bearer"
+        bad = await client.get(UPLOAD, headers={"Authorization": "Bearer sb_nope"})
+        assert bad.status_code == 401 and bad.json()["detail"] == "Invalid or revoked token."
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_tokens_are_stored_hashed(settings):
+    headers = await token_for(settings.database_url, "alice")
+    token = headers["Authorization"].split()[1]
+    async with session_scope(settings.database_url) as session:
+        stored = (await session.execute(text("SELECT token_hash FROM api_tokens"))).scalars().all()
+    assert len(stored) == 1 and token not in stored[0] and len(stored[0]) == 64
+
+
+async def test_rejected_upload_lists_every_problem_and_writes_nothing(settings):
+    headers = await token_for(settings.database_url, "alice")
+    data = (FIXTURES / "portfolios/Conservative-Retiree-Portfolio.csv").read_bytes()
+    async with api_client(settings) as client:
+        response = await client.post(UPLOAD, headers=headers, **upload_form(data))
+        assert response.status_code == 422
+        body = response.json()
+        assert len(body["errors"]) == 12
+        assert {"row": 14, "column": "Quantity",
+                "message": "Quantity is 0; use a positive number for a long position or a "
+                           "negative number for a short one."} in body["errors"]
+        empty_name = await client.post(UPLOAD, headers=headers,
+                                       **upload_form(csv_bytes(*stock_rows(["AAPL"])), name=" "))
+        assert empty_name.status_code == 422
+        assert empty_name.json()["errors"][0]["column"] == "name"
+        big = await client.post(UPLOAD, headers=headers,
+                                **upload_form(b"#" * (10 * 1024 * 1024)))
+        assert big.status_code == 422 and "limit" in big.json()["errors"][0]["message"]
+        no_file = await client.post(UPLOAD, headers=headers, data={"name": "x"})
+        assert no_file.status_code == 422 and no_file.json()["errors"][0]["column"] == "file"
+    for table in ("portfolios", "positions", "symbol_onboarding", "portfolio_onboarding",
+                  "onboarding_activity"):
+        assert await count(settings.database_url, table) == 0, table
+
+
+async def test_upload_unknown_symbols_queues_them_once(settings):
+    alice = await token_for(settings.database_url, "alice")
+    bob = await token_for(settings.database_url, "bob")
+    await seed_known_symbols(settings.database_url, ["AAPL"])
+    async with api_client(settings) as client:
+        first = await client.post(UPLOAD, headers=alice, **upload_form(
+            csv_bytes(*stock_rows(["AAPL", "ZZNEW", "PRIVATE_FUND_A"]),
+                      ",2,3.10,2025-06-30,OPTIONS,,YYNEW,50,2025-08-15,CALL,,")))
+        assert first.status_code == 201, first.text
+        body = first.json()
+        assert body["positions_created"] == 4
+        assert (body["symbols_known"], body["symbols_queued"]) == (1, 2)
+        assert body["queued_symbols"] == ["YYNEW", "ZZNEW"]
+        assert (body["status"], body["mode"]) == ("running", "v2_async")
+        second = await client.post(UPLOAD, headers=bob,
+                                   **upload_form(csv_bytes(*stock_rows(["ZZNEW"]))))
+        assert second.json()["queued_symbols"] == ["ZZNEW"]
+        status = (await client.get(f"/api/v1/onboarding/status/{body['portfolio_id']}",
+                                   headers=alice)).json()
+    assert status["status"] == "running" and status["mode"] == "v2_async"
+    assert status["overall_progress"]["current_phase"] == "phase_2"
+    assert status["current_phase_progress"] == {"current": 0, "total": 2, "unit": "symbols"}
+    assert "2 to fetch (YYNEW, ZZNEW)" in status["activity_log"][0]["message"]
+    assert await count(settings.database_url, "symbol_onboarding") == 2
+    # One message per symbol on the bus although two users asked for ZZNEW.
+    nc = await nats.connect(settings.nats_url)
+    try:
+        info = await nc.jetstream().stream_info(bus.Topology(settings.bus_prefix).jobs_stream)
+        assert info.state.messages == 2
+    finally:
+        await nc.close()
+
+
+async def test_equity_balance_default_and_explicit(settings):
+    headers = await token_for(settings.database_url, "alice")
+    async with api_client(settings) as client:
+        rows = ["AAPL,10,100.00,2025-06-30,,,,,,,,", "MSFT,-4,50.00,2025-06-30,,,,,,,,"]
+        default = await client.post(UPLOAD, headers=headers, **upload_form(csv_bytes(*rows)))
+        explicit = await client.post(UPLOAD, headers=headers,
+                                     **upload_form(csv_bytes(*rows), equity_balance="2500"))
+        short_book = await client.post(UPLOAD, headers=headers, **upload_form(
+            csv_bytes("MSFT,-4,50.00,2025-06-30,,,,,,,,")))
+        listing = (await client.get(UPLOAD, headers=headers)).json()
+    equities = {p["id"]: p["equity_balance"] for p in listing}
+    assert equities[default.json()["portfolio_id"]] == "800.000000"
+    assert equities[explicit.json()["portfolio_id"]] == "2500.000000"
+    assert short_book.status_code == 422
+    assert short_book.json()["errors"][0]["column"] == "equity_balance"
+
+
+async def test_tenancy_another_users_portfolio_is_404(settings):
+    alice = await token_for(settings.database_url, "alice")
+    bob = await token_for(settings.database_url, "bob")
+    async with api_client(settings) as client:
+        created = await client.post(UPLOAD, headers=alice,
+                                    **upload_form(csv_bytes(*stock_rows(["ZZNEW"]))))
+        pid = created.json()["portfolio_id"]
+        paths = [f"/api/v1/portfolios/{pid}", f"/api/v1/portfolios/{pid}/snapshots",
+                 f"/api/v1/portfolios/{pid}/positions",
+                 f"/api/v1/portfolios/{pid}/factor-exposures",
+                 f"/api/v1/onboarding/status/{pid}"]
+        for path in paths:
+            assert (await client.get(path, headers=alice)).status_code == 200, path
+            assert (await client.get(path, headers=bob)).status_code == 404, path
+        assert (await client.get(f"/api/v1/portfolios/{uuid.uuid4()}",
+                                 headers=alice)).status_code == 404
+        assert (await client.get(UPLOAD, headers=bob)).json() == []
+        positions = (await client.get(paths[2], headers=alice)).json()
+    assert positions[0]["symbol"] == "ZZNEW" and positions[0]["source_row"] == 2
+
+
+async def test_status_not_found_for_a_portfolio_without_onboarding(settings):
+    headers = await token_for(settings.database_url, "alice")
+    pid = uuid.uuid4()
+    async with session_scope(settings.database_url) as session:
+        await session.execute(text(
+            "INSERT INTO portfolios (id, user_id, name, equity_balance) "
+            "SELECT :id, id, 'seeded', 1000 FROM users WHERE username = 'alice'"), {"id": pid})
+    async with api_client(settings) as client:
+        response = await client.get(f"/api/v1/onboarding/status/{pid}", headers=headers)
+    assert response.status_code == 200 and response.json()["status"] == "not_found"
+
+
+async def test_admin_trigger_publishes_nightly(settings):
+    admin = await token_for(settings.database_url, "root", admin=True)
+    user = await token_for(settings.database_url, "alice")
+    async with api_client(settings) as client:
+        forbidden = await client.post("/api/v1/admin/batch/nightly", headers=user)
+        assert forbidden.status_code == 403
+        accepted = await client.post("/api/v1/admin/batch/nightly", headers=admin,
+                                     json={"target_date": "2025-06-30"})
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json() == {"message_id": "nightly:2025-06-30", "published": True,
+                                   "target_date": "2025-06-30"}
+        again = await client.post("/api/v1/admin/batch/nightly", headers=admin,
+                                  json={"target_date": "2025-06-30"})
+        assert again.json()["published"] is False
+    nc = await nats.connect(settings.nats_url)
+    try:
+        topology = bus.Topology(settings.bus_prefix)
+        sub = await nc.jetstream().pull_subscribe(
+            topology.subject(BatchNightlyRequested.subject), durable="test-reader",
+            stream=topology.jobs_stream)
+        [msg] = await sub.fetch(1, timeout=2)
+        message = BatchNightlyRequested.model_validate_json(msg.data)
+        assert message.target_date == dt.date(2025, 6, 30) and message.requested_by == "root"
+    finally:
+        await nc.close()
+
+
+async def test_batch_jobs_lists_running_jobs_of_every_type(settings):
+    headers = await token_for(settings.database_url, "alice")
+    tracker = JobTracker(settings.database_url)
+    nightly = await tracker.start("symbol_batch", "2025-06-30", phases=("prices", "factors"))
+    await tracker.phase(nightly, "prices", total=500, unit="symbols")
+    await tracker.progress(nightly, 120)
+    onboard = await tracker.start("symbol_onboard", "ZZNEW")
+    done = await tracker.start("portfolio_refresh", "2025-06-27")
+    await tracker.finish(done)
+    async with api_client(settings) as client:
+        running = (await client.get("/api/v1/batch/jobs?status=running", headers=headers)).json()
+        runs = (await client.get("/api/v1/batch/runs?job_type=portfolio_refresh&limit=5",
+                                 headers=headers)).json()
+        bad_limit = await client.get("/api/v1/batch/runs?limit=0", headers=headers)
+    assert {j["job_type"] for j in running} == {"symbol_batch", "symbol_onboard"}
+    batch = next(j for j in running if j["id"] == str(nightly.id))
+    assert batch["progress"] == {"current": 120, "total": 500, "unit": "symbols"}
+    assert batch["current_phase"] == "prices"
+    assert [r["id"] for r in runs] == [str(done.id)] and runs[0]["status"] == "completed"
+    assert str(onboard.id) not in [r["id"] for r in runs]
+    assert bad_limit.status_code == 422 and bad_limit.json()["errors"][0]["column"] == "limit"
+
+
+async def test_symbol_prices_and_factors(settings):
+    headers = await token_for(settings.database_url, "alice")
+    end = await seed_known_symbols(settings.database_url, ["AAPL"], days=30)
+    async with api_client(settings) as client:
+        prices = await client.get(f"/api/v1/symbols/aapl/prices?end={end}", headers=headers)
+        unknown = await client.get("/api/v1/symbols/NOPE/prices", headers=headers)
+        factors = await client.get("/api/v1/symbols/AAPL/factors", headers=headers)
+    assert prices.status_code == 200
+    assert set(prices.json()[-1]) == {"date", "close", "adj_close", "source"}
+    assert prices.json()[-1]["date"] == end.isoformat()
+    assert unknown.status_code == 404
+    assert factors.status_code == 200 and factors.json() == []
+
+
+async def test_health_ready_metrics_and_openapi(settings):
+    async with api_client(settings) as client:
+        assert (await client.get("/readyz")).json() == {"status": "ok", "database": True,
+                                                        "nats": True}
+        await client.get("/api/v1/portfolios")
+        metrics = (await client.get("/metrics")).text
+        spec = (await client.get("/openapi.json")).json()
+    assert 'sigmabatch_http_requests_total{method="GET",route="/api/v1/portfolios",status="401"}' \
+        in metrics
+    upload = spec["paths"]["/api/v1/portfolios"]["post"]
+    assert upload["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ErrorResponse")
+    assert "line number" in spec["components"]["schemas"]["Problem"]["description"]
+    for path in ("/api/v1/onboarding/status/{portfolio_id}", "/api/v1/batch/jobs",
+                 "/api/v1/batch/runs", "/api/v1/admin/batch/nightly",
+                 "/api/v1/portfolios/{portfolio_id}/factor-exposures",
+                 "/api/v1/symbols/{symbol}/prices", "/api/v1/symbols/{symbol}/factors",
+                 "/healthz", "/readyz", "/metrics"):
+        assert path in spec["paths"], path
+
+
+async def test_cors_allows_configured_origin(settings):
+    configured = settings.model_copy(update={"cors_origins": ["http://localhost:3000"]})
+    async with api_client(configured) as client:
+        response = await client.options(
+            "/api/v1/portfolios",
+            headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"})
+        other = await client.options(
+            "/api/v1/portfolios",
+            headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "GET"})
+    assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert "access-control-allow-origin" not in other.headers
