@@ -1,0 +1,249 @@
+"""Onboarding on real PostgreSQL + NATS with the real sample provider, services in process.
+
+The provider is the real `sample` provider behind a counting wrapper (it only records calls),
+so "one fetch per symbol" is observed, not assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+from sqlalchemy import text
+
+from libs.common import bus
+from libs.common.db import session_scope
+from libs.common.events import (
+    PortfolioRefreshRequested,
+    SymbolOnboardCompleted,
+    SymbolOnboardRequested,
+)
+from libs.common.market_data import get_provider
+from libs.common.service import ServiceContext
+from services.onboarding import store
+from services.onboarding.coordinator import OnboardingCoordinator
+from services.onboarding.worker import JOB_TYPE, OnboardingWorker
+from tests.test_api_helpers import (
+    api_client,
+    csv_bytes,
+    seed_known_symbols,
+    stock_rows,
+    token_for,
+)
+
+UPLOAD = "/api/v1/portfolios"
+
+
+class CountingProvider:
+    """The real provider, with every call recorded (symbols per call)."""
+
+    def __init__(self, inner, delay_for: Sequence[str] = (), delay: float = 0.0) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.price_calls: list[tuple[str, ...]] = []
+        self.delay_for = set(delay_for)
+        self.delay = delay
+
+    async def fetch_prices(self, symbols, start, end):
+        self.price_calls.append(tuple(symbols))
+        if self.delay_for & set(symbols):
+            await asyncio.sleep(self.delay)
+        return await self.inner.fetch_prices(symbols, start, end)
+
+    async def fetch_profiles(self, symbols, as_of):
+        return await self.inner.fetch_profiles(symbols, as_of)
+
+    async def fetch_fundamentals(self, symbols, as_of):
+        return await self.inner.fetch_fundamentals(symbols, as_of)
+
+    def calls_for(self, symbol: str) -> int:
+        return sum(symbol in call for call in self.price_calls)
+
+
+@contextlib.asynccontextmanager
+async def onboarding_running(ctx: ServiceContext, provider, workers: int = 2
+                             ) -> AsyncIterator[OnboardingCoordinator]:
+    """The onboarding service's consumers, in this process (several worker loops)."""
+    stop = asyncio.Event()
+    worker = OnboardingWorker(ctx, provider)
+    coordinator = OnboardingCoordinator(ctx.database_url, ctx.publish)
+    worker_spec = ctx.consumer("onboarding-worker", SymbolOnboardRequested, JOB_TYPE)
+    coordinator_spec = ctx.consumer("onboarding-coordinator", SymbolOnboardCompleted,
+                                    "onboarding_coordinator")
+    tasks = [asyncio.create_task(bus.consume(ctx.js, ctx.topology, worker_spec, worker.handle,
+                                             stop, dead_letter=ctx.dead_letter))
+             for _ in range(workers)]
+    tasks.append(asyncio.create_task(bus.consume(ctx.js, ctx.topology, coordinator_spec,
+                                                 coordinator.handle, stop,
+                                                 dead_letter=ctx.dead_letter)))
+    try:
+        yield coordinator
+    finally:
+        stop.set()
+        await asyncio.wait(tasks, timeout=10)
+        for task in tasks:
+            task.cancel()
+
+
+async def refresh_requests(ctx: ServiceContext) -> list[PortfolioRefreshRequested]:
+    """Every portfolio.refresh.requested in the jobs stream (read without consuming)."""
+    info = await ctx.js.stream_info(ctx.topology.jobs_stream)
+    found = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        with contextlib.suppress(Exception):
+            raw = await ctx.js.get_msg(ctx.topology.jobs_stream, seq)
+            if raw.subject == ctx.topology.subject(PortfolioRefreshRequested.subject):
+                found.append(PortfolioRefreshRequested.model_validate_json(raw.data))
+    return found
+
+
+async def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+async def test_unknown_symbols_are_fetched_then_the_snapshot_is_requested(settings, ctx):
+    headers = await token_for(settings.database_url, "alice")
+    as_of = await seed_known_symbols(settings.database_url, ["AAPL"])
+    provider = CountingProvider(get_provider(settings))
+    async with api_client(settings) as client, onboarding_running(ctx, provider):
+        created = await client.post(UPLOAD, headers=headers, files={"file": (
+            "p.csv", csv_bytes(*stock_rows(["AAPL", "ZZNEW"]),
+                               ",2,3.10,2025-06-30,OPTIONS,,YYNEW,50,2025-08-15,CALL,,"))},
+            data={"name": "new symbols"})
+        pid = created.json()["portfolio_id"]
+        first = (await client.get(f"/api/v1/onboarding/status/{pid}", headers=headers)).json()
+        requests = await wait_for(lambda: refresh_requests(ctx))
+        status = (await client.get(f"/api/v1/onboarding/status/{pid}", headers=headers)).json()
+    assert first["status"] == "running" and first["mode"] == "v2_async"
+    assert [(r.portfolio_id, r.as_of, r.reason) for r in requests] == [
+        (uuid.UUID(pid), as_of, "onboarding")]
+    assert status["overall_progress"]["current_phase"] == "phase_3"
+    assert status["phases"][1] | {"status": "completed"} == status["phases"][1]
+    assert status["current_phase_progress"] == {"current": 0, "total": 1, "unit": "snapshots"}
+    log = [line["message"] for line in status["activity_log"]]
+    assert any(line.startswith("YYNEW is ready:") for line in log)
+    assert any(line.startswith(f"Requested the first snapshot for {as_of}") for line in log)
+    assert provider.calls_for("ZZNEW") == 1 and provider.calls_for("YYNEW") == 1
+    async with session_scope(settings.database_url) as session:
+        universe = (await session.execute(text(
+            "SELECT symbol, added_by FROM symbol_universe WHERE added_by = 'onboarding' "
+            "ORDER BY symbol"))).all()
+        betas = (await session.execute(text(
+            "SELECT count(DISTINCT factor_name) FROM symbol_factor_exposures "
+            "WHERE symbol = 'ZZNEW' AND calculation_date = "
+            "(SELECT max(date) FROM market_data_cache WHERE symbol = 'ZZNEW')"))).scalar_one()
+        prices = (await session.execute(text(
+            "SELECT count(*) FROM market_data_cache WHERE symbol = 'ZZNEW'"))).scalar_one()
+        profile = (await session.execute(text(
+            "SELECT count(*) FROM company_profiles WHERE symbol = 'ZZNEW'"))).scalar_one()
+        jobs = (await session.execute(text(
+            "SELECT job_key, status FROM batch_run_history WHERE job_type = :t ORDER BY job_key"),
+            {"t": JOB_TYPE})).all()
+    assert [tuple(r) for r in universe] == [("YYNEW", "onboarding"), ("ZZNEW", "onboarding")]
+    assert betas == 12 and prices > 240 and profile == 1
+    assert [tuple(j) for j in jobs] == [("YYNEW", "completed"), ("ZZNEW", "completed")]
+
+
+async def test_two_users_same_new_symbol_one_fetch(settings, ctx):
+    alice = await token_for(settings.database_url, "alice")
+    bob = await token_for(settings.database_url, "bob")
+    await seed_known_symbols(settings.database_url, [])
+    provider = CountingProvider(get_provider(settings), delay_for=["ZZSHR"], delay=1.0)
+    async with api_client(settings) as client, onboarding_running(ctx, provider, workers=3):
+        uploads = await asyncio.gather(*[
+            client.post(UPLOAD, headers=h, files={"file": ("p.csv", csv_bytes(
+                *stock_rows(["ZZSHR", own])))}, data={"name": "shared"})
+            for h, own in ((alice, "ZZALC"), (bob, "ZZBOB"))])
+        pids = [(u.json()["portfolio_id"], h) for u, h in zip(uploads, (alice, bob), strict=True)]
+        await wait_for(lambda: _snapshot_requested(settings.database_url, [p for p, _ in pids]))
+        # A late third upload of the now-known symbol needs no fetch at all.
+        late = await client.post(UPLOAD, headers=alice, files={"file": (
+            "p.csv", csv_bytes(*stock_rows(["ZZSHR"])))}, data={"name": "late"})
+    assert late.json()["mode"] == "v2_instant", late.json()
+    assert late.json()["symbols_queued"] == 0
+    assert provider.calls_for("ZZSHR") == 1
+    assert provider.calls_for("ZZALC") == 1 and provider.calls_for("ZZBOB") == 1
+
+
+async def _snapshot_requested(database_url: str, pids: list[str]) -> bool:
+    async with session_scope(database_url) as session:
+        n = (await session.execute(text(
+            "SELECT count(*) FROM portfolio_onboarding WHERE snapshot_requested_at IS NOT NULL "
+            "AND portfolio_id = ANY(CAST(:ids AS uuid[]))"), {"ids": pids})).scalar_one()
+    return n == len(pids)
+
+
+async def test_failed_symbol_gives_partial_with_the_symbol_named(settings, ctx):
+    headers = await token_for(settings.database_url, "alice")
+    await seed_known_symbols(settings.database_url, ["AAPL"])
+    provider = CountingProvider(get_provider(settings))
+    async with api_client(settings) as client, onboarding_running(ctx, provider):
+        created = await client.post(UPLOAD, headers=headers, files={"file": (
+            "p.csv", csv_bytes(*stock_rows(["AAPL", "HZNP"])))}, data={"name": "delisted"})
+        pid = created.json()["portfolio_id"]
+        await wait_for(lambda: _snapshot_requested(settings.database_url, [pid]))
+        status = (await client.get(f"/api/v1/onboarding/status/{pid}", headers=headers)).json()
+    assert status["failed_symbols"] == ["HZNP"]
+    messages = [(line["level"], line["message"]) for line in status["activity_log"]]
+    assert any(level == "warning" and m.startswith("HZNP could not be fetched: no data")
+               for level, m in messages)
+    assert any("without 1 symbol(s) that could not be fetched: HZNP" in m for _, m in messages)
+
+
+async def test_snapshot_is_requested_once_however_many_checks_race(settings):
+    await seed_known_symbols(settings.database_url, ["AAPL"], days=10)
+    async with session_scope(settings.database_url) as session:
+        user = (await session.execute(text(
+            "INSERT INTO users (id, username) VALUES (gen_random_uuid(), 'u') RETURNING id"))
+        ).scalar_one()
+        from libs.common.portfolio_csv import parse_portfolio_csv
+        parsed = parse_portfolio_csv(csv_bytes(*stock_rows(["AAPL", "ZZRCE"])))
+        stored = await store.store_upload(
+            session, user_id=user, name="race", positions=parsed.positions,
+            data_symbols=["AAPL", "ZZRCE"], equity_balance=parsed.positions[0].entry_value,
+            requested_by="u", retry_failed_after_seconds=3600)
+        await session.execute(text("UPDATE symbol_onboarding SET status = 'ready'"))
+
+    async def check(scope: dict) -> list[store.SnapshotRequest]:
+        async with session_scope(settings.database_url) as session:
+            return await store.request_snapshot_if_ready(
+                session, fallback_as_of=dt.date(2025, 1, 2), **scope)
+
+    scopes = [{"portfolio_id": stored.portfolio_id}, {"symbol": "ZZRCE"}, {}] * 6
+    results = await asyncio.gather(*[check(s) for s in scopes])
+    assert sum(len(r) for r in results) == 1
+
+
+async def test_reconciler_republishes_a_request_lost_before_publish(settings, ctx):
+    """An upload whose process died between commit and publish still onboards."""
+    await seed_known_symbols(settings.database_url, [], days=10)
+    async with session_scope(settings.database_url) as session:
+        user = (await session.execute(text(
+            "INSERT INTO users (id, username) VALUES (gen_random_uuid(), 'u') RETURNING id"))
+        ).scalar_one()
+        from libs.common.portfolio_csv import parse_portfolio_csv
+        parsed = parse_portfolio_csv(csv_bytes(*stock_rows(["ZZLST"])))
+        stored = await store.store_upload(
+            session, user_id=user, name="lost", positions=parsed.positions,
+            data_symbols=["ZZLST"], equity_balance=parsed.positions[0].entry_value,
+            requested_by="u", retry_failed_after_seconds=3600)
+    provider = CountingProvider(get_provider(settings))
+    async with onboarding_running(ctx, provider) as coordinator:
+        await asyncio.sleep(0.5)
+        assert provider.calls_for("ZZLST") == 0  # nothing was ever published
+        await coordinator.reconcile()
+        await wait_for(lambda: _snapshot_requested(settings.database_url,
+                                                   [str(stored.portfolio_id)]))
+        await wait_for(lambda: refresh_requests(ctx))
+        await coordinator.reconcile()  # repeating it publishes nothing new
+    assert provider.calls_for("ZZLST") == 1
+    assert len(await refresh_requests(ctx)) == 1
