@@ -65,6 +65,9 @@ async def session_scope(url: str) -> AsyncIterator[AsyncSession]:
 async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under `session`, inside its transaction (for COPY / unnest)."""
     connection = await session.connection()
+    # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs itself:
+    # run one now, or raw statements would autocommit outside the session's transaction.
+    await connection.exec_driver_sql("SELECT 1")
     raw = await connection.get_raw_connection()
     return raw.driver_connection  # type: ignore[return-value]
 
