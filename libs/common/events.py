@@ -101,6 +101,8 @@ class PortfolioRefreshChunkRequested(Message):
     portfolio_ids: list[uuid.UUID]
     chunk_index: int
     chunk_count: int
+    # When the date was planned: portfolios created later are not part of this fan-out.
+    planned_at: dt.datetime | None = None
 
     def message_id(self) -> str:
         digest = hashlib.sha1(

@@ -150,6 +150,7 @@ def is_carried_asset(pos: pd.DataFrame) -> pd.Series:
     non_market = (
         symbol.str.contains("_", regex=False)
         | symbol.isin(CASH_SYMBOLS)
+        | symbol.str.match(r"^[A-Z]{3}XX$")  # money-market sweep funds
         | symbol.str.contains("|".join(map(re.escape, PRIVATE_MARKERS)), regex=True)
     )
     return (
@@ -167,6 +168,7 @@ def normalise_prices(prices: pd.DataFrame) -> pd.DataFrame:
     px["date"] = _days(px["date"])
     px["price"] = pd.to_numeric(px["price"], errors="coerce").astype("float64")
     px = px[np.isfinite(px["price"]) & (px["price"] > 0)]
+    px = px.drop_duplicates(["symbol", "date"], keep="last")
     return px.sort_values(["date", "symbol"], kind="stable").reset_index(drop=True)
 
 

@@ -1,0 +1,303 @@
+"""portfolio_refresh: daily portfolio snapshots driven by events (DESIGN §7).
+
+Flow
+----
+`symbol.batch.completed` (date D, events stream, one durable shared by all replicas): the
+replica that receives it *plans* D: it lists the eligible portfolios (active, holding
+something on D, no complete snapshot on or after D, not still onboarding, created before the
+plan), splits them in id order into chunks of `refresh_chunk_size`, and publishes one
+`portfolio.refresh.chunk.requested` per chunk to the work-queue stream. Replicas share that
+durable consumer, so the chunks of one date spread over every replica.
+
+A chunk is one transaction per date: claim the (portfolio, D) slots
+(`INSERT ... ON CONFLICT DO UPDATE ... WHERE NOT is_complete RETURNING`), load positions,
+prices, previous snapshots, flows and betas for the claimed portfolios in six queries,
+compute with the pure `libs.common.pnl` / `libs.common.exposures`, write snapshots, position
+marks and both exposure tables with bulk statements, mark the slots complete, commit.
+
+Why nothing is done twice, or half:
+* A slot row inserted or re-claimed by a transaction stays locked until it commits; a second
+  claimer (redelivery, overlapping chunk, `portfolio.refresh.requested`) waits on the row
+  and then sees it complete and skips it. Complete slots are never recomputed.
+* A crash (kill -9) rolls the transaction back: no half snapshot survives, JetStream
+  redelivers the chunk after AckWait and the redo computes exactly what a clean run would
+  (the computation is a pure function of the database). An incomplete slot left by any other
+  writer is re-claimed and redone.
+* Each chunk runs as a job (`portfolio_refresh_chunk`, keyed by date and chunk) whose
+  uniqueness is enforced in batch_run_history, so one chunk never runs on two replicas at
+  once; a dead worker's job is reclaimed once its heartbeat is stale.
+
+Dates in order: before D, a chunk first brings its portfolios through every batch date
+between their latest complete snapshot and D (`symbol_batch_dates`), oldest first, so a
+snapshot always rolls from the one before it even when backfilled dates arrive together or
+race across replicas; a date with no batch is simply a gap, rolled over from the latest
+earlier snapshot. The chunk whose commit leaves no planned portfolio of D without a
+snapshot publishes `portfolio.refresh.completed` (its Nats-Msg-Id dedups a concurrent
+repeat).
+
+`portfolio.refresh.requested` (onboarding's first snapshot, manual refresh) runs the same
+chunk routine for one portfolio at `as_of` (default: its latest price date); it does not
+publish `portfolio.refresh.completed`, whose key is the date of a whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from libs.common import pnl
+from libs.common.bus import Delivery, PermanentError, TransientError
+from libs.common.db import raw_connection, session_scope
+from libs.common.events import (
+    PortfolioRefreshChunkRequested,
+    PortfolioRefreshCompleted,
+    PortfolioRefreshRequested,
+    SymbolBatchCompleted,
+)
+from libs.common.exposures import compute_exposures
+from libs.common.jobs import COMPLETED, JobAlreadyRunning
+from services.portfolio_refresh import repository as repo
+
+log = logging.getLogger(__name__)
+
+JOB_PLAN = "portfolio_refresh"
+JOB_CHUNK = "portfolio_refresh_chunk"
+JOB_REQUEST = "portfolio_refresh_request"
+
+
+@dataclass(frozen=True)
+class DateOutcome:
+    day: dt.date
+    snapshots: int
+    positions: int
+
+
+# --------------------------------------------------------------------------- core
+
+
+def compute_chunk(
+    day: dt.date, inputs: repo.ChunkInputs, params: pnl.PricingParams
+) -> tuple[pnl.RefreshResult, list[dict], list[str | None], pd.DataFrame, pd.DataFrame]:
+    """Pure part of a chunk: P&L, Decimal snapshot rows, model inputs, exposures."""
+    result = pnl.compute_refresh(
+        day, inputs.portfolios, inputs.positions, inputs.prices, inputs.previous, inputs.flows,
+        params,
+    )
+    snapshot_rows = pnl.snapshot_records(result.snapshots)
+    values = result.positions
+    model_inputs: list[str | None] = [None] * len(values)
+    modelled = (values["price_source"] == pnl.SOURCE_MODEL) & values["is_active"]
+    for i in modelled[modelled].index:
+        model_inputs[i] = json.dumps(pnl.model_inputs(values.loc[i]))
+    equity = pd.DataFrame(
+        {
+            "portfolio_id": result.snapshots["portfolio_id"],
+            "equity": result.snapshots["equity_cents"] / 100.0,
+        }
+    )
+    exposures = compute_exposures(values, inputs.betas, equity)
+    return result, snapshot_rows, model_inputs, exposures.positions, exposures.portfolios
+
+
+async def refresh_date(
+    database_url: str,
+    day: dt.date,
+    portfolio_ids: Sequence[uuid.UUID],
+    params: pnl.PricingParams,
+    *,
+    skip_if_later: bool,
+    require_previous: bool = False,
+) -> DateOutcome:
+    """Claim, compute, write and complete the slots of `portfolio_ids` on `day` atomically."""
+    async with session_scope(database_url) as session:
+        conn = await raw_connection(session)
+        claimed = await repo.claim_slots(
+            conn, day, portfolio_ids, skip_if_later=skip_if_later, require_previous=require_previous
+        )
+        if not claimed:
+            return DateOutcome(day, 0, 0)
+        inputs = await repo.load_chunk(conn, day, claimed)
+        # CPU-bound: off the event loop, so bus heartbeats keep flowing meanwhile.
+        result, snapshot_rows, model_inputs, pos_exp, port_exp = await asyncio.to_thread(
+            compute_chunk, day, inputs, params
+        )
+        await repo.write_position_snapshots(conn, day, result.positions, model_inputs)
+        await repo.write_factor_exposures(conn, day, claimed, pos_exp, port_exp)
+        completed = await repo.complete_snapshots(conn, day, snapshot_rows)
+        if completed != len(claimed):
+            raise RuntimeError(f"{day}: completed {completed} of {len(claimed)} claimed slots")
+    return DateOutcome(day, completed, len(result.positions))
+
+
+async def refresh_portfolios(
+    database_url: str,
+    day: dt.date,
+    portfolio_ids: Sequence[uuid.UUID],
+    params: pnl.PricingParams,
+    *,
+    explicit: bool = False,
+) -> list[DateOutcome]:
+    """Bring `portfolio_ids` through every missed batch date up to `day`, oldest first.
+
+    `explicit` (a request for one portfolio and date) makes the snapshot even when a later
+    one exists; the batch fan-out never writes under a later snapshot.
+    """
+    async with session_scope(database_url) as session:
+        conn = await raw_connection(session)
+        latest = await repo.latest_complete_dates(conn, portfolio_ids, day)
+        catch_up = (
+            await repo.batch_dates_between(conn, min(latest.values()), day) if latest else []
+        )
+    outcomes = [
+        await refresh_date(
+            database_url, d, portfolio_ids, params, skip_if_later=True, require_previous=True
+        )
+        for d in catch_up
+    ]
+    outcomes.append(
+        await refresh_date(database_url, day, portfolio_ids, params, skip_if_later=not explicit)
+    )
+    return outcomes
+
+
+def plan_chunks(portfolio_ids: Sequence[uuid.UUID], chunk_size: int) -> list[list[uuid.UUID]]:
+    ordered = sorted(portfolio_ids)
+    n = max(1, math.ceil(len(ordered) / max(1, chunk_size)))
+    size = math.ceil(len(ordered) / n) if ordered else 0
+    return [ordered[i * size : (i + 1) * size] for i in range(n) if ordered[i * size : (i + 1) * size]]
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+class RefreshHandlers:
+    """Thin adapters from bus messages to the core above (one instance per process)."""
+
+    def __init__(self, ctx) -> None:  # ctx: libs.common.service.ServiceContext
+        self.ctx = ctx
+        self.params = pnl.PricingParams(risk_free_rate=ctx.settings.risk_free_rate)
+        self.chunk_size = ctx.settings.refresh_chunk_size
+
+    async def on_symbol_batch_completed(self, event: SymbolBatchCompleted, _: Delivery) -> None:
+        day = event.batch_date
+        planned_at = dt.datetime.now(dt.UTC)
+        try:
+            async with self.ctx.jobs.run(
+                JOB_PLAN, day.isoformat(), correlation_id=event.correlation_id
+            ) as job:
+                async with session_scope(self.ctx.database_url) as session:
+                    conn = await raw_connection(session)
+                    eligible = await repo.eligible_portfolios(conn, day, planned_at)
+                chunks = plan_chunks(eligible, self.chunk_size)
+                for index, ids in enumerate(chunks):
+                    await self.ctx.publish(
+                        PortfolioRefreshChunkRequested(
+                            batch_date=day,
+                            portfolio_ids=ids,
+                            chunk_index=index,
+                            chunk_count=len(chunks),
+                            planned_at=planned_at,
+                            correlation_id=event.correlation_id,
+                        )
+                    )
+                await self.ctx.jobs.finish(
+                    job, COMPLETED, result={"portfolios": len(eligible), "chunks": len(chunks)}
+                )
+        except JobAlreadyRunning as exc:
+            raise TransientError(str(exc)) from exc
+        log.info(
+            "planned %s: %d portfolio(s) in %d chunk(s)",
+            day, len(eligible), len(chunks),
+            extra={"correlation_id": event.correlation_id},
+        )
+        if not eligible:
+            await self._publish_if_done(day, planned_at, event.correlation_id)
+
+    async def on_chunk(self, command: PortfolioRefreshChunkRequested, _: Delivery) -> None:
+        day = command.batch_date
+        key = command.message_id().removeprefix("refresh-chunk:")
+        try:
+            async with self.ctx.jobs.run(
+                JOB_CHUNK, key, correlation_id=command.correlation_id
+            ) as job:
+                outcomes = await refresh_portfolios(
+                    self.ctx.database_url, day, command.portfolio_ids, self.params
+                )
+                await self.ctx.jobs.finish(
+                    job,
+                    COMPLETED,
+                    result={
+                        "portfolios": len(command.portfolio_ids),
+                        "snapshots": {o.day.isoformat(): o.snapshots for o in outcomes},
+                    },
+                )
+        except JobAlreadyRunning as exc:
+            raise TransientError(str(exc)) from exc
+        made = sum(o.snapshots for o in outcomes)
+        log.info(
+            "chunk %s done: %d snapshot(s)",
+            key, made,
+            extra={"correlation_id": command.correlation_id, "job_type": JOB_CHUNK},
+        )
+        planned_at = command.planned_at or dt.datetime.now(dt.UTC)
+        await self._publish_if_done(day, planned_at, command.correlation_id)
+
+    async def on_refresh_requested(self, command: PortfolioRefreshRequested, _: Delivery) -> None:
+        async with session_scope(self.ctx.database_url) as session:
+            conn = await raw_connection(session)
+            exists = await conn.fetchval(
+                "SELECT count(*) FROM portfolios WHERE id = $1", command.portfolio_id
+            )
+            day = command.as_of or await repo.latest_price_date(conn, command.portfolio_id)
+        if not exists:
+            raise PermanentError(f"portfolio {command.portfolio_id} does not exist")
+        if day is None:
+            raise TransientError(f"no price date yet for portfolio {command.portfolio_id}")
+        key = f"{command.portfolio_id}:{day.isoformat()}"
+        try:
+            async with self.ctx.jobs.run(
+                JOB_REQUEST, key, correlation_id=command.correlation_id
+            ) as job:
+                outcomes = await refresh_portfolios(
+                    self.ctx.database_url, day, [command.portfolio_id], self.params, explicit=True
+                )
+                await self.ctx.jobs.finish(
+                    job,
+                    COMPLETED,
+                    result={
+                        "reason": command.reason,
+                        "snapshots": {o.day.isoformat(): o.snapshots for o in outcomes},
+                    },
+                )
+        except JobAlreadyRunning as exc:
+            raise TransientError(str(exc)) from exc
+        log.info(
+            "refreshed portfolio %s on %s (%s)", command.portfolio_id, day, command.reason,
+            extra={"portfolio_id": str(command.portfolio_id),
+                   "correlation_id": command.correlation_id},
+        )
+
+    async def _publish_if_done(
+        self, day: dt.date, planned_at: dt.datetime, correlation_id: str
+    ) -> None:
+        async with session_scope(self.ctx.database_url) as session:
+            conn = await raw_connection(session)
+            remaining = await repo.count_eligible(conn, day, planned_at)
+            total = await repo.count_complete(conn, day)
+        if remaining == 0:
+            await self.ctx.publish(
+                PortfolioRefreshCompleted(
+                    batch_date=day, portfolios_total=total, failed=0,
+                    correlation_id=correlation_id,
+                )
+            )
+            log.info("date %s refreshed: %d snapshot(s)", day, total,
+                     extra={"correlation_id": correlation_id})
