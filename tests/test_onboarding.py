@@ -26,9 +26,11 @@ from libs.common.service import ServiceContext
 from services.onboarding import store
 from services.onboarding.coordinator import OnboardingCoordinator
 from services.onboarding.worker import JOB_TYPE, OnboardingWorker
+from services.portfolio_refresh.handlers import JOB_REQUEST, RefreshHandlers
 from tests.test_api_helpers import (
     api_client,
     csv_bytes,
+    poll_status,
     seed_known_symbols,
     stock_rows,
     token_for,
@@ -64,9 +66,10 @@ class CountingProvider:
 
 
 @contextlib.asynccontextmanager
-async def onboarding_running(ctx: ServiceContext, provider, workers: int = 2
-                             ) -> AsyncIterator[OnboardingCoordinator]:
-    """The onboarding service's consumers, in this process (several worker loops)."""
+async def onboarding_running(ctx: ServiceContext, provider, workers: int = 2,
+                             refresh: bool = True) -> AsyncIterator[OnboardingCoordinator]:
+    """The onboarding service's consumers, in this process (several worker loops), and
+    portfolio_refresh's request consumer (the real snapshot maker) unless `refresh=False`."""
     stop = asyncio.Event()
     worker = OnboardingWorker(ctx, provider)
     coordinator = OnboardingCoordinator(ctx.database_url, ctx.publish)
@@ -79,6 +82,12 @@ async def onboarding_running(ctx: ServiceContext, provider, workers: int = 2
     tasks.append(asyncio.create_task(bus.consume(ctx.js, ctx.topology, coordinator_spec,
                                                  coordinator.handle, stop,
                                                  dead_letter=ctx.dead_letter)))
+    if refresh:
+        refresh_spec = ctx.consumer("portfolio-refresh-request", PortfolioRefreshRequested,
+                                    JOB_REQUEST)
+        tasks.append(asyncio.create_task(bus.consume(
+            ctx.js, ctx.topology, refresh_spec, RefreshHandlers(ctx).on_refresh_requested, stop,
+            dead_letter=ctx.dead_letter)))
     try:
         yield coordinator
     finally:
@@ -114,7 +123,7 @@ async def test_unknown_symbols_are_fetched_then_the_snapshot_is_requested(settin
     headers = await token_for(settings.database_url, "alice")
     as_of = await seed_known_symbols(settings.database_url, ["AAPL"])
     provider = CountingProvider(get_provider(settings))
-    async with api_client(settings) as client, onboarding_running(ctx, provider):
+    async with api_client(settings) as client, onboarding_running(ctx, provider, refresh=False):
         created = await client.post(UPLOAD, headers=headers, files={"file": (
             "p.csv", csv_bytes(*stock_rows(["AAPL", "ZZNEW"]),
                                ",2,3.10,2025-06-30,OPTIONS,,YYNEW,50,2025-08-15,CALL,,"))},
@@ -153,6 +162,36 @@ async def test_unknown_symbols_are_fetched_then_the_snapshot_is_requested(settin
     assert [tuple(j) for j in jobs] == [("YYNEW", "completed"), ("ZZNEW", "completed")]
 
 
+async def test_upload_with_unknown_symbols_runs_then_completes(settings, ctx):
+    headers = await token_for(settings.database_url, "alice")
+    as_of = await seed_known_symbols(settings.database_url, ["AAPL", "MSFT"])
+    provider = CountingProvider(get_provider(settings), delay_for=["ZZSLOW"], delay=0.5)
+    async with api_client(settings) as client, onboarding_running(ctx, provider):
+        created = await client.post(UPLOAD, headers=headers, files={"file": (
+            "p.csv", csv_bytes(*stock_rows(["AAPL", "MSFT", "ZZSLOW"])))}, data={"name": "n"})
+        pid = created.json()["portfolio_id"]
+        seen = await poll_status(client, headers, pid, ("completed", "partial", "failed"))
+        exposures = (await client.get(f"/api/v1/portfolios/{pid}/factor-exposures",
+                                      headers=headers)).json()
+        positions = (await client.get(f"/api/v1/portfolios/{pid}/positions",
+                                      headers=headers)).json()
+    assert seen[0]["status"] == "running" and seen[0]["mode"] == "v2_async"
+    assert seen[0]["overall_progress"]["percent_complete"] < 100
+    final = seen[-1]
+    assert (final["status"], final["snapshot_date"]) == ("completed", as_of.isoformat())
+    assert final["overall_progress"] == {
+        "current_phase": "phase_3", "current_phase_name": "Compute the first portfolio snapshot",
+        "phases_completed": 3, "phases_total": 3, "percent_complete": 100.0}
+    assert [p["status"] for p in final["phases"]] == ["completed"] * 3
+    assert final["activity_log"][-1]["message"] == (
+        f"First snapshot for {as_of} is ready: onboarding completed.")
+    percents = [s["overall_progress"]["percent_complete"] for s in seen]
+    assert percents == sorted(percents)
+    assert exposures["calculation_date"] == as_of.isoformat()
+    assert {f["factor"] for f in exposures["factors"]} >= {"market", "interest_rate"}
+    assert all(p["valuation_date"] == as_of.isoformat() for p in positions)
+
+
 async def test_two_users_same_new_symbol_one_fetch(settings, ctx):
     alice = await token_for(settings.database_url, "alice")
     bob = await token_for(settings.database_url, "bob")
@@ -164,7 +203,9 @@ async def test_two_users_same_new_symbol_one_fetch(settings, ctx):
                 *stock_rows(["ZZSHR", own])))}, data={"name": "shared"})
             for h, own in ((alice, "ZZALC"), (bob, "ZZBOB"))])
         pids = [(u.json()["portfolio_id"], h) for u, h in zip(uploads, (alice, bob), strict=True)]
-        await wait_for(lambda: _snapshot_requested(settings.database_url, [p for p, _ in pids]))
+        finals = [(await poll_status(client, h, p, ("completed", "partial", "failed")))[-1]
+                  for p, h in pids]
+        assert [f["status"] for f in finals] == ["completed", "completed"]
         # A late third upload of the now-known symbol needs no fetch at all.
         late = await client.post(UPLOAD, headers=alice, files={"file": (
             "p.csv", csv_bytes(*stock_rows(["ZZSHR"])))}, data={"name": "late"})
@@ -190,9 +231,11 @@ async def test_failed_symbol_gives_partial_with_the_symbol_named(settings, ctx):
         created = await client.post(UPLOAD, headers=headers, files={"file": (
             "p.csv", csv_bytes(*stock_rows(["AAPL", "HZNP"])))}, data={"name": "delisted"})
         pid = created.json()["portfolio_id"]
-        await wait_for(lambda: _snapshot_requested(settings.database_url, [pid]))
-        status = (await client.get(f"/api/v1/onboarding/status/{pid}", headers=headers)).json()
-    assert status["failed_symbols"] == ["HZNP"]
+        status = (await poll_status(client, headers, pid, ("completed", "partial", "failed")))[-1]
+        snapshots = (await client.get(f"/api/v1/portfolios/{pid}/snapshots",
+                                      headers=headers)).json()
+    assert status["status"] == "partial" and status["failed_symbols"] == ["HZNP"]
+    assert [s["snapshot_date"] for s in snapshots] == [status["snapshot_date"]]
     messages = [(line["level"], line["message"]) for line in status["activity_log"]]
     assert any(level == "warning" and m.startswith("HZNP could not be fetched: no data")
                for level, m in messages)
@@ -237,7 +280,7 @@ async def test_reconciler_republishes_a_request_lost_before_publish(settings, ct
             data_symbols=["ZZLST"], equity_balance=parsed.positions[0].entry_value,
             requested_by="u", retry_failed_after_seconds=3600)
     provider = CountingProvider(get_provider(settings))
-    async with onboarding_running(ctx, provider) as coordinator:
+    async with onboarding_running(ctx, provider, refresh=False) as coordinator:
         await asyncio.sleep(0.5)
         assert provider.calls_for("ZZLST") == 0  # nothing was ever published
         await coordinator.reconcile()

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.onboarding import store
 from services.onboarding.domain import PHASES, progress
+from services.portfolio_refresh.handlers import JOB_REQUEST as REFRESH_REQUEST_JOB
 
 ONBOARDING_SQL = text(
     """
@@ -26,6 +27,10 @@ ONBOARDING_SQL = text(
            (SELECT count(*) FROM portfolio_onboarding_symbols s
              JOIN symbol_onboarding so ON so.symbol = s.symbol
              WHERE s.portfolio_id = p.id AND so.status IN ('ready', 'failed')) AS symbols_settled,
+           (SELECT j.error FROM batch_run_history j
+             WHERE j.job_type = :refresh_job AND j.status = 'failed'
+               AND j.job_key = 'refresh:' || p.id || ':' || po.snapshot_date
+             ORDER BY j.started_at DESC LIMIT 1) AS snapshot_error,
            EXISTS (SELECT 1 FROM portfolio_snapshots ps
                     WHERE ps.portfolio_id = p.id AND ps.snapshot_date = po.snapshot_date
                       AND ps.is_complete) AS snapshot_done,
@@ -45,8 +50,9 @@ async def onboarding_status(
     session: AsyncSession, portfolio_id: uuid.UUID, user_id: uuid.UUID
 ) -> dict[str, Any] | None:
     """The onboarding status document, or None when the caller has no such portfolio."""
-    row = (await session.execute(ONBOARDING_SQL, {"portfolio_id": portfolio_id,
-                                                  "user_id": user_id})).mappings().first()
+    row = (await session.execute(ONBOARDING_SQL, {
+        "portfolio_id": portfolio_id, "user_id": user_id, "refresh_job": REFRESH_REQUEST_JOB,
+    })).mappings().first()
     if row is None:
         return None
     if row["status"] is None:
@@ -54,8 +60,14 @@ async def onboarding_status(
     status = row["status"]
     if status == "running" and row["snapshot_done"]:
         # The snapshot landed since the last look: record the outcome (idempotent).
-        await store.finish_completed_onboardings(session, portfolio_id)
+        if await store.finish_completed_onboardings(session, portfolio_id):
+            return await onboarding_status(session, portfolio_id, user_id)
         status = "partial" if row["failed_symbols"] else "completed"
+    elif status == "running" and row["snapshot_error"]:
+        # The first snapshot was dead-lettered: no retry will come, say so.
+        error = f"the first snapshot could not be made: {row['snapshot_error']}"
+        await store.fail_onboarding(session, portfolio_id, error)
+        return await onboarding_status(session, portfolio_id, user_id)
     now = dt.datetime.now(dt.UTC)
     finished = row["finished_at"] or (now if status == "running" else None)
     snapshot_done = bool(row["snapshot_done"]) or status in ("completed", "partial")
