@@ -437,13 +437,17 @@ async def seed_fixture_portfolios(database_url: str) -> dict[str, uuid.UUID]:
     await seed_factor_defs(database_url)
     parsed = {}
     for path in sorted((SHARED_FIXTURES / "portfolios").glob("*.csv")):
-        result = parse_portfolio_csv(path.read_bytes(), today=FIXTURE_DAY)
+        data = path.read_bytes()
+        if path.stem == "Sample_Template":  # its closed-position line lacks one comma
+            data = data.replace(b"TSLA,50,185.00,2023-12-01,PUBLIC,STOCK,,,,2024-01-15",
+                                b"TSLA,50,185.00,2023-12-01,PUBLIC,STOCK,,,,,2024-01-15")
+        result = parse_portfolio_csv(data, today=FIXTURE_DAY)
         if result.ok:
             parsed[path.stem] = result.positions
     assert len(parsed) >= 6
     symbols = sorted({p.market_data_symbol for ps in parsed.values() for p in ps
                       if p.market_data_symbol} | set(FACTOR_ETFS))
-    bars = pd.concat([sample_bars(s, FIXTURE_DAY - dt.timedelta(days=300), NEXT_DAY)
+    bars = pd.concat([sample_bars(s, dt.date(2023, 11, 1), NEXT_DAY)
                       for s in symbols])
     wide = bars.pivot(index="date", columns="symbol", values="adj_close")
     wide.index = pd.to_datetime(wide.index)

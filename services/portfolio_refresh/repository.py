@@ -231,6 +231,12 @@ async def load_chunk(
     )
     symbols = sorted(set(positions["symbol"].dropna()) | set(positions["underlying_symbol"].dropna()))
     underlyings = sorted(set(positions["underlying_symbol"].dropna()))
+    expired = positions.loc[
+        positions["underlying_symbol"].notna()
+        & positions["expiration_date"].notna()
+        & (positions["expiration_date"] < earliest_base),
+        ["underlying_symbol", "expiration_date"],
+    ].drop_duplicates()
     prices = _frame(
         await conn.fetch(
             """
@@ -246,12 +252,21 @@ async def load_chunk(
             UNION ALL
             SELECT m.symbol, m.date, m.close FROM market_data_cache m
             WHERE m.symbol = ANY($4::text[]) AND m.date < $2 AND m.date >= $5
+            UNION ALL
+            -- an option that expired before the window is worth its intrinsic value at expiry
+            SELECT e.symbol, l.date, l.close
+            FROM unnest($6::text[], $7::date[]) AS e(symbol, expiry)
+            CROSS JOIN LATERAL (
+                SELECT date, close FROM market_data_cache
+                WHERE symbol = e.symbol AND date <= e.expiry ORDER BY date DESC LIMIT 1) l
             """,
             symbols,
             earliest_base,
             day,
             underlyings,
             earliest_base - dt.timedelta(days=VOL_HISTORY_DAYS),
+            expired["underlying_symbol"].tolist(),
+            expired["expiration_date"].tolist(),
         ),
         ["symbol", "date", "price"],
     )
