@@ -11,7 +11,7 @@ from libs.common.market_data.base import (
     provider_exclusion,
     refuse_excluded,
 )
-from libs.common.market_data.factory import get_provider
+from libs.common.market_data.factory import create_provider, get_provider
 
 __all__ = [
     "PRICE_COLUMNS",
@@ -21,6 +21,7 @@ __all__ = [
     "PriceResult",
     "Profile",
     "ProfileResult",
+    "create_provider",
     "get_provider",
     "provider_exclusion",
     "refuse_excluded",

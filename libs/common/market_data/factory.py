@@ -15,3 +15,7 @@ def get_provider(settings: Settings | None = None) -> MarketDataProvider:
     from libs.common.market_data.sample import SampleProvider
 
     return SampleProvider()
+
+
+# The name the onboarding service imports.
+create_provider = get_provider

@@ -1,0 +1,33 @@
+"""`python -m services.symbol_batch`: the nightly symbol batch consumer.
+
+Replicas share one durable consumer on the work queue; the advisory lock and the job tracker
+make sure one of them runs a given night.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from libs.common.config import Settings
+from libs.common.events import BatchNightlyRequested
+from libs.common.market_data import create_provider
+from libs.common.market_data.base import MarketDataProvider
+from libs.common.service import ServiceContext, ServiceDefinition, Subscription, main
+from services.symbol_batch.handlers import SymbolBatch
+from services.symbol_batch.store import JOB_TYPE
+
+DURABLE = "symbol-batch"
+
+
+def build_definition(
+    provider_factory: Callable[[Settings], MarketDataProvider] = create_provider,
+) -> ServiceDefinition:
+    def subscriptions(ctx: ServiceContext) -> list[Subscription]:
+        batch = SymbolBatch(ctx, provider_factory(ctx.settings))
+        return [Subscription(ctx.consumer(DURABLE, BatchNightlyRequested, JOB_TYPE), batch.handle)]
+
+    return ServiceDefinition(name="symbol_batch", subscriptions=subscriptions)
+
+
+if __name__ == "__main__":
+    main(build_definition())

@@ -1,0 +1,324 @@
+"""symbol_batch: the nightly prices, profiles, fundamentals and factor betas of every symbol.
+
+Flow of one trigger (DESIGN §5):
+  target = the requested session, or the effective trading date (NYSE, US/Eastern, after close
+  plus settle delay); dates = sessions after the last completed date up to target (first run:
+  target only; at most ``max_backfill_days``); phase 0 profiles (once per run, latest date),
+  1 prices (one provider call per symbol chunk covering all dates plus the factors' lookback),
+  2 fundamentals for symbols whose earnings window is due, 3 factors per date, each date
+  recorded complete in the transaction that writes its betas; then `symbol.batch.completed`
+  per date in date order, then the job is finished (partial when any symbol failed).
+
+Who runs: a PostgreSQL advisory lock serialises runs across replicas and cron hosts (released
+by the server when a worker dies); under it the job tracker's row for the target date is
+started or taken over, and the completed-date watermark decides what is left to do. A repeat
+of a trigger therefore finds nothing to do, and a run killed mid-way is resumed by the
+redelivered message: completed dates are not redone, their events are announced again (the
+Nats-Msg-Id business key drops repeats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import pandas as pd
+
+from libs.common import calendar
+from libs.common.bus import Delivery, TransientError
+from libs.common.db import asyncpg_dsn, session_scope
+from libs.common.events import BatchNightlyRequested, SymbolBatchCompleted
+from libs.common.factor_definitions import seed_factor_definitions
+from libs.common.factors import FACTOR_ETFS, LOOKBACK_SESSIONS, compute_exposures, daily_returns
+from libs.common.jobs import COMPLETED, PARTIAL, Job, JobAlreadyRunning, JobTracker
+from libs.common.market_data.base import MarketDataProvider, provider_exclusion
+from libs.common.service import ServiceContext
+from services.symbol_batch import store
+from services.symbol_batch.store import JOB_TYPE
+
+log = logging.getLogger(__name__)
+
+PHASES = ("profiles", "prices", "fundamentals", "factors")
+PRICE_CHUNK = 100
+PROFILE_CHUNK = 100
+PROFILE_MAX_AGE_DAYS = 7
+FUNDAMENTALS_MAX_AGE_DAYS = 30
+LOCK_NAME = "sigmabatch:symbol_batch"
+LOCK_WAIT_SECONDS = 60.0
+MAX_FAILURES_IN_RESULT = 500
+
+
+# --- pure domain ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Universe:
+    """Symbols the batch fetches (provider-eligible, factor ETFs included) and those it skips."""
+
+    symbols: list[str]
+    skipped: dict[str, str]
+
+
+def build_universe(
+    rows: Sequence[tuple[str, str | None]], etfs: Sequence[str] = FACTOR_ETFS
+) -> Universe:
+    """Active universe ∪ factor ETFs, minus private/synthetic/cash symbols (never sent out)."""
+    symbols: set[str] = set(etfs)
+    skipped: dict[str, str] = {}
+    for symbol, asset_type in rows:
+        klass = "PRIVATE" if (asset_type or "").upper() == "PRIVATE" else None
+        reason = provider_exclusion(symbol, klass)
+        if reason is None:
+            symbols.add(symbol.strip().upper())
+        else:
+            skipped[symbol] = reason
+    return Universe(sorted(symbols), skipped)
+
+
+def resolve_target(
+    requested: dt.date | None, now: dt.datetime, settle_delay: dt.timedelta
+) -> dt.date:
+    """The session to batch up to: never later than the last session whose data is final."""
+    effective = calendar.effective_trading_date(now, settle_delay)
+    if requested is None:
+        return effective
+    return min(calendar.session_on_or_before(requested), effective)
+
+
+def chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+@dataclass
+class RunOutcome:
+    dates: list[dt.date]
+    symbols_total: int
+    failures: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return PARTIAL if self.failures else COMPLETED
+
+
+# --- the handler ------------------------------------------------------------------------
+
+
+class SymbolBatch:
+    """Consumer of `batch.nightly.requested`."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        provider: MarketDataProvider,
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.ctx = ctx
+        self.provider = provider
+        self.clock = clock
+        settings = ctx.settings
+        self.max_backfill = settings.max_backfill_days
+        self.settle_delay = dt.timedelta(minutes=settings.settle_delay_minutes)
+        self.heartbeat_seconds = settings.job_heartbeat_seconds
+        # Under the advisory lock no live symbol_batch worker can own a running row, so a
+        # running row found there belongs to a dead worker: take it over at once.
+        self.jobs = JobTracker(
+            ctx.database_url, worker_id=ctx.jobs.worker_id, stale_after_seconds=0.0
+        )
+
+    @contextlib.asynccontextmanager
+    async def _run_lock(self) -> AsyncIterator[None]:
+        """Session-level advisory lock on a dedicated connection (dies with the worker)."""
+        connection = await asyncpg.connect(asyncpg_dsn(self.ctx.database_url))
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while not await connection.fetchval(
+                "SELECT pg_try_advisory_lock(hashtext($1))", LOCK_NAME
+            ):
+                if time.monotonic() > deadline:
+                    raise TransientError("another symbol batch run holds the lock")
+                await asyncio.sleep(0.5)
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def handle(self, message: BatchNightlyRequested, delivery: Delivery) -> None:
+        target = resolve_target(message.target_date, self.clock(), self.settle_delay)
+        key = target.isoformat()
+        extra = {"correlation_id": message.correlation_id, "job_type": JOB_TYPE}
+        async with self._run_lock():
+            async with session_scope(self.ctx.database_url) as session:
+                await store.ensure_factor_etfs(session, FACTOR_ETFS)
+                watermark = await store.watermark(session)
+                last_status = await store.latest_job_status(session, key)
+            dates = calendar.missing_sessions(watermark, target, self.max_backfill)
+            if not dates and last_status in (COMPLETED, PARTIAL, None):
+                log.info(
+                    "symbol batch %s: nothing to do (last completed %s)",
+                    key,
+                    watermark,
+                    extra=extra,
+                )
+                return
+            try:
+                async with self.jobs.run(
+                    JOB_TYPE,
+                    key,
+                    correlation_id=message.correlation_id,
+                    phases=PHASES,
+                    heartbeat_seconds=self.heartbeat_seconds,
+                ) as job:
+                    extra["job_id"] = str(job.id)
+                    log.info(
+                        "symbol batch %s: %d dates %s",
+                        key,
+                        len(dates),
+                        [d.isoformat() for d in dates],
+                        extra=extra,
+                    )
+                    outcome = await self.run(job, dates, target)
+                    await self.announce(key, message.correlation_id)
+                    await self.jobs.finish(
+                        job,
+                        outcome.status,
+                        result={
+                            "dates": [d.isoformat() for d in outcome.dates],
+                            "symbols_total": outcome.symbols_total,
+                            "symbols_failed": len(outcome.failures),
+                            "failures": dict(
+                                list(outcome.failures.items())[:MAX_FAILURES_IN_RESULT]
+                            ),
+                            "provider": self.provider.name,
+                            "timings": outcome.timings,
+                        },
+                    )
+                    log.info(
+                        "symbol batch %s: %s (%d symbols, %d failed)",
+                        key,
+                        outcome.status,
+                        outcome.symbols_total,
+                        len(outcome.failures),
+                        extra=extra,
+                    )
+            except JobAlreadyRunning as exc:
+                raise TransientError(str(exc)) from exc
+
+    async def run(self, job: Job, dates: list[dt.date], target: dt.date) -> RunOutcome:
+        """Phases 0-3 for ``dates`` (possibly none: a resumed run that only has to announce)."""
+        async with session_scope(self.ctx.database_url) as session:
+            universe = build_universe(await store.active_universe(session))
+        outcome = RunOutcome(dates=dates, symbols_total=len(universe.symbols))
+        if not dates:
+            return outcome
+        started = time.perf_counter()
+        await self._profiles(job, universe.symbols, target, outcome)
+        outcome.timings["profiles"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        window_start = calendar.lookback_start(dates[0], LOOKBACK_SESSIONS)
+        await self._prices(job, universe.symbols, window_start, target, outcome)
+        outcome.timings["prices"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        await self._fundamentals(job, universe.symbols, target, outcome)
+        outcome.timings["fundamentals"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        await self._factors(job, universe.symbols, window_start, dates, outcome)
+        outcome.timings["factors"] = round(time.perf_counter() - started, 3)
+        return outcome
+
+    async def _profiles(
+        self, job: Job, symbols: list[str], as_of: dt.date, outcome: RunOutcome
+    ) -> None:
+        async with session_scope(self.ctx.database_url) as session:
+            due = await store.profiles_due(session, symbols, as_of, PROFILE_MAX_AGE_DAYS)
+        await self.jobs.phase(job, "profiles", total=len(due), unit="symbols")
+        done = 0
+        for chunk in chunks(due, PROFILE_CHUNK):
+            result = await self.provider.fetch_profiles(chunk, as_of)
+            async with session_scope(self.ctx.database_url) as session:
+                await store.upsert_profiles(session, result.profiles, as_of)
+            for symbol, reason in result.failures.items():
+                outcome.failures.setdefault(symbol, f"profile: {reason}")
+            done += len(chunk)
+            await self.jobs.progress(job, done)
+
+    async def _prices(
+        self, job: Job, symbols: list[str], start: dt.date, end: dt.date, outcome: RunOutcome
+    ) -> None:
+        await self.jobs.phase(job, "prices", total=len(symbols), unit="symbols")
+        done = 0
+        for chunk in chunks(symbols, PRICE_CHUNK):
+            result = await self.provider.fetch_prices(chunk, start, end)  # all dates at once
+            async with session_scope(self.ctx.database_url) as session:
+                await store.upsert_prices(session, result.bars)
+            for symbol, reason in result.failures.items():
+                outcome.failures[symbol] = f"prices: {reason}"
+            done += len(chunk)
+            await self.jobs.progress(job, done)
+
+    async def _fundamentals(
+        self, job: Job, symbols: list[str], as_of: dt.date, outcome: RunOutcome
+    ) -> None:
+        async with session_scope(self.ctx.database_url) as session:
+            due = await store.fundamentals_due(session, symbols, as_of, FUNDAMENTALS_MAX_AGE_DAYS)
+        await self.jobs.phase(job, "fundamentals", total=len(due), unit="symbols")
+        done = 0
+        for chunk in chunks(due, PROFILE_CHUNK):
+            result = await self.provider.fetch_fundamentals(chunk, as_of)
+            async with session_scope(self.ctx.database_url) as session:
+                await store.upsert_fundamentals(session, result.items)
+            for symbol, reason in result.failures.items():
+                outcome.failures.setdefault(symbol, f"fundamentals: {reason}")
+            done += len(chunk)
+            await self.jobs.progress(job, done)
+
+    async def _factors(
+        self,
+        job: Job,
+        symbols: list[str],
+        start: dt.date,
+        dates: list[dt.date],
+        outcome: RunOutcome,
+    ) -> None:
+        await self.jobs.phase(job, "factors", total=len(dates), unit="dates")
+        sessions = pd.DatetimeIndex(calendar.sessions_between(start, dates[-1]))
+        async with session_scope(self.ctx.database_url) as session:
+            closes = await store.load_closes(session, symbols, sessions)
+            await seed_factor_definitions(session)
+        returns = daily_returns(closes)
+        for done, day in enumerate(dates, start=1):
+            exposures = await asyncio.to_thread(compute_exposures, returns, day, symbols)
+            async with session_scope(self.ctx.database_url) as session:
+                await store.write_exposures(session, exposures, day)
+                await store.record_date_complete(
+                    session,
+                    day,
+                    status=outcome.status,
+                    run_id=job.id,
+                    symbols_total=outcome.symbols_total,
+                    failures=outcome.failures,
+                )
+            await self.jobs.progress(job, done)
+
+    async def announce(self, key: str, correlation_id: str) -> None:
+        """`symbol.batch.completed` for every date this trigger's runs completed, oldest first."""
+        async with session_scope(self.ctx.database_url) as session:
+            completed = await store.dates_of_key(session, key)
+        for row in completed:
+            await self.ctx.publish(
+                SymbolBatchCompleted(
+                    batch_date=row.batch_date,
+                    status=row.status,
+                    symbols_total=row.symbols_total,
+                    symbols_failed=row.symbols_failed,
+                    run_id=str(row.run_id),
+                    correlation_id=correlation_id,
+                )
+            )

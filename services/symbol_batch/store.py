@@ -1,0 +1,327 @@
+"""symbol_batch's reads and set-based writes (asyncpg under the caller's session/transaction).
+
+Every write is an idempotent upsert of whole arrays (`INSERT ... SELECT FROM unnest(...)
+ON CONFLICT`), so a redelivered or restarted run rewrites the same rows instead of adding any.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.common.db import raw_connection
+from libs.common.market_data.base import Fundamentals, Profile
+
+JOB_TYPE = "symbol_batch"
+
+
+def _nullable(values: pd.Series) -> list[Any]:
+    """A column as a list with NaN/NaT/None as None (asyncpg's NULL)."""
+    return values.astype(object).where(values.notna(), None).tolist()
+
+
+async def watermark(session: AsyncSession) -> dt.date | None:
+    connection = await raw_connection(session)
+    return await connection.fetchval("SELECT max(batch_date) FROM symbol_batch_dates")
+
+
+async def ensure_factor_etfs(session: AsyncSession, etfs: Sequence[str]) -> None:
+    """The factor ETFs belong to the universe whatever was seeded (DESIGN §5)."""
+    connection = await raw_connection(session)
+    await connection.execute(
+        "INSERT INTO symbol_universe (symbol, asset_type, added_by) "
+        "SELECT s, 'etf', 'factor_etf' FROM unnest($1::text[]) AS s "
+        "ON CONFLICT (symbol) DO NOTHING",
+        list(etfs),
+    )
+
+
+async def active_universe(session: AsyncSession) -> list[tuple[str, str | None]]:
+    connection = await raw_connection(session)
+    rows = await connection.fetch(
+        "SELECT symbol, asset_type FROM symbol_universe WHERE is_active ORDER BY symbol"
+    )
+    return [(r["symbol"], r["asset_type"]) for r in rows]
+
+
+async def profiles_due(
+    session: AsyncSession, symbols: Sequence[str], as_of: dt.date, max_age_days: int
+) -> list[str]:
+    """Symbols with no profile, or one older than ``max_age_days`` (profiles change slowly)."""
+    connection = await raw_connection(session)
+    rows = await connection.fetch(
+        """
+        SELECT s FROM unnest($1::text[]) AS s
+        LEFT JOIN company_profiles p ON p.symbol = s
+        WHERE p.symbol IS NULL OR p.as_of IS NULL OR p.as_of < $2::date - $3::int
+        ORDER BY s
+        """,
+        list(symbols),
+        as_of,
+        max_age_days,
+    )
+    return [r["s"] for r in rows]
+
+
+async def upsert_profiles(
+    session: AsyncSession, profiles: Sequence[Profile], as_of: dt.date
+) -> None:
+    if not profiles:
+        return
+    connection = await raw_connection(session)
+    await connection.execute(
+        """
+        INSERT INTO company_profiles (symbol, name, sector, industry, exchange, currency,
+                                      market_cap, beta, source, as_of)
+        SELECT s, n, sec, ind, ex, cur, cap, b, src, $10::date
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::float8[], $8::float8[], $9::text[]) AS t(s, n, sec, ind, ex, cur, cap, b, src)
+        ON CONFLICT (symbol) DO UPDATE SET name = EXCLUDED.name, sector = EXCLUDED.sector,
+            industry = EXCLUDED.industry, exchange = EXCLUDED.exchange,
+            currency = EXCLUDED.currency, market_cap = EXCLUDED.market_cap, beta = EXCLUDED.beta,
+            source = EXCLUDED.source, as_of = EXCLUDED.as_of, updated_at = now()
+        """,
+        [p.symbol for p in profiles],
+        [p.name for p in profiles],
+        [p.sector for p in profiles],
+        [p.industry for p in profiles],
+        [p.exchange for p in profiles],
+        [p.currency for p in profiles],
+        [p.market_cap for p in profiles],
+        [p.beta for p in profiles],
+        [p.source for p in profiles],
+        as_of,
+    )
+    await connection.execute(
+        "UPDATE symbol_universe u SET asset_type = t.a FROM unnest($1::text[], $2::text[]) "
+        "AS t(s, a) WHERE u.symbol = t.s AND u.asset_type IS NULL AND t.a IS NOT NULL",
+        [p.symbol for p in profiles],
+        [p.asset_type for p in profiles],
+    )
+
+
+async def upsert_prices(session: AsyncSession, bars: pd.DataFrame) -> int:
+    """Idempotent bulk upsert of daily bars; also advances symbol_universe.last_price_date."""
+    if bars.empty:
+        return 0
+    connection = await raw_connection(session)
+    await connection.execute(
+        """
+        INSERT INTO market_data_cache (symbol, date, open, high, low, close, adj_close, volume,
+                                       source)
+        SELECT * FROM unnest($1::text[], $2::date[], $3::float8[], $4::float8[], $5::float8[],
+                             $6::float8[], $7::float8[], $8::int8[], $9::text[])
+        ON CONFLICT (symbol, date) DO UPDATE SET open = EXCLUDED.open, high = EXCLUDED.high,
+            low = EXCLUDED.low, close = EXCLUDED.close, adj_close = EXCLUDED.adj_close,
+            volume = EXCLUDED.volume, source = EXCLUDED.source, updated_at = now()
+        WHERE (market_data_cache.open, market_data_cache.high, market_data_cache.low,
+               market_data_cache.close, market_data_cache.adj_close, market_data_cache.volume,
+               market_data_cache.source)
+              IS DISTINCT FROM
+              (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.adj_close,
+               EXCLUDED.volume, EXCLUDED.source)
+        """,
+        bars["symbol"].tolist(),
+        bars["date"].tolist(),
+        _nullable(bars["open"].astype(float)),
+        _nullable(bars["high"].astype(float)),
+        _nullable(bars["low"].astype(float)),
+        bars["close"].astype(float).tolist(),
+        bars["adj_close"].astype(float).tolist(),
+        [None if v is None or pd.isna(v) else int(v) for v in bars["volume"]],
+        bars["source"].tolist(),
+    )
+    latest = bars.groupby("symbol")["date"].max()
+    await connection.execute(
+        "UPDATE symbol_universe u SET last_price_date = t.d "
+        "FROM unnest($1::text[], $2::date[]) AS t(s, d) "
+        "WHERE u.symbol = t.s AND (u.last_price_date IS NULL OR u.last_price_date < t.d)",
+        latest.index.tolist(),
+        latest.tolist(),
+    )
+    return len(bars)
+
+
+async def fundamentals_due(
+    session: AsyncSession, symbols: Sequence[str], as_of: dt.date, max_age_days: int
+) -> list[str]:
+    """Symbols whose earnings window is due: never fetched, the announced next earnings date
+    has passed, or (no earnings calendar, e.g. funds) the last fetch is older than max_age."""
+    connection = await raw_connection(session)
+    rows = await connection.fetch(
+        """
+        SELECT s FROM unnest($1::text[]) AS s
+        LEFT JOIN LATERAL (
+            SELECT as_of_date, next_earnings_date FROM fundamentals f
+            WHERE f.symbol = s ORDER BY as_of_date DESC LIMIT 1
+        ) last ON true
+        WHERE last.as_of_date IS NULL
+           OR (last.next_earnings_date IS NOT NULL AND last.next_earnings_date <= $2::date
+               AND last.as_of_date < last.next_earnings_date)
+           OR (last.next_earnings_date IS NULL AND last.as_of_date < $2::date - $3::int)
+        ORDER BY s
+        """,
+        list(symbols),
+        as_of,
+        max_age_days,
+    )
+    return [r["s"] for r in rows]
+
+
+async def upsert_fundamentals(session: AsyncSession, items: Sequence[Fundamentals]) -> None:
+    if not items:
+        return
+    connection = await raw_connection(session)
+    await connection.execute(
+        """
+        INSERT INTO fundamentals (symbol, as_of_date, last_earnings_date, next_earnings_date,
+                                  data, source)
+        SELECT s, a, l, n, d::jsonb, src
+        FROM unnest($1::text[], $2::date[], $3::date[], $4::date[], $5::text[], $6::text[])
+             AS t(s, a, l, n, d, src)
+        ON CONFLICT (symbol, as_of_date) DO UPDATE SET
+            last_earnings_date = EXCLUDED.last_earnings_date,
+            next_earnings_date = EXCLUDED.next_earnings_date, data = EXCLUDED.data,
+            source = EXCLUDED.source
+        """,
+        [i.symbol for i in items],
+        [i.as_of for i in items],
+        [i.last_earnings_date for i in items],
+        [i.next_earnings_date for i in items],
+        [json.dumps(i.data, default=str) for i in items],
+        [i.source for i in items],
+    )
+
+
+async def load_closes(
+    session: AsyncSession, symbols: Sequence[str], sessions: pd.DatetimeIndex
+) -> pd.DataFrame:
+    """Adjusted closes as a (session x symbol) float matrix, NaN where no bar.
+
+    Read with COPY ... TO STDOUT (CSV) and parsed by pandas' C reader: for millions of rows this
+    is several times faster than materialising asyncpg records one by one.
+    """
+    connection = await raw_connection(session)
+    buffer = io.BytesIO()
+    await connection.copy_from_query(
+        "SELECT symbol, date, adj_close FROM market_data_cache "
+        "WHERE symbol = ANY($1::text[]) AND date BETWEEN $2 AND $3",
+        list(symbols),
+        sessions[0].date(),
+        sessions[-1].date(),
+        output=buffer,
+        format="csv",
+    )
+    buffer.seek(0)
+    long = pd.read_csv(
+        buffer,
+        header=None,
+        names=["symbol", "date", "adj_close"],
+        dtype={"symbol": str, "date": str, "adj_close": np.float64},
+    )
+    matrix = np.full((len(sessions), len(symbols)), np.nan)
+    if len(long):
+        columns = pd.Index(list(symbols))
+        col = columns.get_indexer(long["symbol"])
+        row = sessions.get_indexer(pd.to_datetime(long["date"]))
+        ok = (col >= 0) & (row >= 0)
+        matrix[row[ok], col[ok]] = long["adj_close"].to_numpy()[ok]
+    return pd.DataFrame(matrix, index=sessions, columns=list(symbols))
+
+
+async def write_exposures(session: AsyncSession, exposures: pd.DataFrame, day: dt.date) -> int:
+    """Upsert one date's betas for every symbol in one statement."""
+    if exposures.empty:
+        return 0
+    connection = await raw_connection(session)
+    await connection.execute(
+        """
+        INSERT INTO symbol_factor_exposures (symbol, factor_name, calculation_date, beta, r2,
+                                             n_obs, quality)
+        SELECT s, f, $3::date, b, r, n, q
+        FROM unnest($1::text[], $2::text[], $4::float8[], $5::float8[], $6::int[], $7::text[])
+             AS t(s, f, b, r, n, q)
+        ON CONFLICT (symbol, factor_name, calculation_date) DO UPDATE SET
+            beta = EXCLUDED.beta, r2 = EXCLUDED.r2, n_obs = EXCLUDED.n_obs,
+            quality = EXCLUDED.quality
+        """,
+        exposures["symbol"].tolist(),
+        exposures["factor"].tolist(),
+        day,
+        exposures["beta"].to_numpy(np.float64).tolist(),
+        exposures["r2"].to_numpy(np.float64).tolist(),
+        exposures["n_obs"].to_numpy(np.int64).tolist(),
+        exposures["quality"].tolist(),
+    )
+    return len(exposures)
+
+
+async def record_date_complete(
+    session: AsyncSession,
+    day: dt.date,
+    *,
+    status: str,
+    run_id: uuid.UUID,
+    symbols_total: int,
+    failures: dict[str, str],
+) -> None:
+    """The watermark: the date is complete (written in the factors' own transaction)."""
+    connection = await raw_connection(session)
+    await connection.execute(
+        """
+        INSERT INTO symbol_batch_dates (batch_date, status, run_id, symbols_total, symbols_failed,
+                                        failures)
+        VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+        ON CONFLICT (batch_date) DO NOTHING
+        """,
+        day,
+        status,
+        run_id,
+        symbols_total,
+        len(failures),
+        json.dumps(failures),
+    )
+
+
+@dataclass(frozen=True)
+class CompletedDate:
+    batch_date: dt.date
+    status: str
+    symbols_total: int
+    symbols_failed: int
+    run_id: uuid.UUID
+
+
+async def dates_of_key(session: AsyncSession, job_key: str) -> list[CompletedDate]:
+    """Dates completed by any run of this trigger key, oldest first (what to announce)."""
+    connection = await raw_connection(session)
+    rows = await connection.fetch(
+        """
+        SELECT batch_date, status, symbols_total, symbols_failed, run_id
+        FROM symbol_batch_dates
+        WHERE run_id IN (SELECT id FROM batch_run_history WHERE job_type = $1 AND job_key = $2)
+        ORDER BY batch_date
+        """,
+        JOB_TYPE,
+        job_key,
+    )
+    return [CompletedDate(**dict(r)) for r in rows]
+
+
+async def latest_job_status(session: AsyncSession, job_key: str) -> str | None:
+    connection = await raw_connection(session)
+    return await connection.fetchval(
+        "SELECT status FROM batch_run_history WHERE job_type = $1 AND job_key = $2 "
+        "ORDER BY started_at DESC LIMIT 1",
+        JOB_TYPE,
+        job_key,
+    )
