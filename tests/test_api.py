@@ -12,6 +12,7 @@ from libs.common import bus
 from libs.common.db import session_scope
 from libs.common.events import BatchNightlyRequested
 from libs.common.jobs import JobTracker
+from services.status_api.snapshots import default_snapshot_maker
 from tests.test_api_helpers import (
     FIXTURES,
     api_client,
@@ -252,3 +253,30 @@ async def test_cors_allows_configured_origin(settings):
             headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "GET"})
     assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
     assert "access-control-allow-origin" not in other.headers
+
+
+async def test_all_symbols_known_is_completed_on_the_first_poll(settings):
+    headers = await token_for(settings.database_url, "alice")
+    as_of = await seed_known_symbols(settings.database_url, ["AAPL", "MSFT", "NVDA"])
+    rows = [*stock_rows(["AAPL", "MSFT"]), "NVDA,-5,120.00,2025-06-30,PUBLIC,STOCK,,,,,,",
+            "PRIVATE_FUND_A,1,50000.00,2023-06-01,PRIVATE,PRIVATE_EQUITY,,,,,,",
+            ",2,3.10,2025-06-30,OPTIONS,,AAPL,200,2027-01-15,CALL,,"]
+    async with api_client(settings, snapshot_maker=default_snapshot_maker(settings)) as client:
+        created = await client.post(UPLOAD, headers=headers, **upload_form(csv_bytes(*rows)))
+        assert created.status_code == 201, created.text
+        body = created.json()
+        status = (await client.get(f"/api/v1/onboarding/status/{body['portfolio_id']}",
+                                   headers=headers)).json()
+        snapshots = (await client.get(f"/api/v1/portfolios/{body['portfolio_id']}/snapshots",
+                                      headers=headers)).json()
+        detail = (await client.get(f"/api/v1/portfolios/{body['portfolio_id']}",
+                                   headers=headers)).json()
+    assert (body["status"], body["mode"], body["symbols_queued"]) == ("completed", "v2_instant", 0)
+    assert body["symbols_known"] == 3
+    assert (status["status"], status["mode"]) == ("completed", "v2_instant")
+    assert status["snapshot_date"] == as_of.isoformat()
+    assert status["overall_progress"]["percent_complete"] == 100.0
+    assert [s["snapshot_date"] for s in snapshots] == [as_of.isoformat()]
+    assert detail["latest_snapshot"]["snapshot_date"] == as_of.isoformat()
+    assert detail["position_count"] == 5 and detail["onboarding_status"] == "completed"
+    assert await count(settings.database_url, "symbol_onboarding") == 0
