@@ -16,6 +16,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class ServiceProcess:
     """`python -m services.<name>` with the test's environment; its log goes to a file."""
 
+    # What each process logs once it serves (the API logs uvicorn's line).
+    READY_LINES = {"status_api": "Application startup complete"}
+
     def __init__(self, name: str, env: dict[str, str], *, replica: int = 0) -> None:
         self.name = name
         self.env = env
@@ -34,7 +37,7 @@ class ServiceProcess:
             start_new_session=True,
         )
         if wait_ready:
-            self.wait_for_log(" ready", timeout=timeout)
+            self.wait_for_log(self.READY_LINES.get(self.name, " ready"), timeout=timeout)
         return self
 
     def log(self) -> str:

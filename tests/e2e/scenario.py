@@ -20,7 +20,7 @@ from typing import Any
 from tests.e2e.harness import System
 
 FIXTURES = Path(__file__).resolve().parents[2] / "examples"
-PORTFOLIOS = ("demo_individual.csv", "demo_familyoffice_public_growth.csv")
+PORTFOLIOS = ("balanced-retirement.csv", "tech-focused-professional.csv")
 WATERMARK = dt.date(2026, 11, 13)  # a Friday
 FIRST_TARGET = dt.date(2026, 11, 18)  # backfills Mon 16, Tue 17, Wed 18
 FIRST_DATES = [dt.date(2026, 11, 16), dt.date(2026, 11, 17), dt.date(2026, 11, 18)]
