@@ -140,6 +140,7 @@ async def publish_nightly(
             topology,
             duplicate_window_seconds=settings.duplicate_window_seconds,
             event_retention_days=settings.event_retention_days,
+            replicas=settings.stream_replicas,
         )
         published = await bus.publish(js, topology, message)
     finally:

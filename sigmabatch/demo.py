@@ -128,6 +128,7 @@ class Demo:
         self.database_url = supervisor.database_url
         self.started = dt.datetime.now(dt.UTC)
         self.timings: list[tuple[str, float]] = []
+        self.reported_failures: set[uuid.UUID] = set()
 
     def say(self, message: str) -> None:
         print(f"  demo: {message}", flush=True)
@@ -190,6 +191,8 @@ class Demo:
             rows = await self.fetch(
                 "SELECT batch_date FROM symbol_batch_dates WHERE batch_date = :d", d=target
             )
+            if not rows:
+                await self.raise_on_dead_letters()
             return target if rows else None
 
         await _poll(
@@ -198,6 +201,27 @@ class Demo:
             BATCH_TIMEOUT_SECONDS,
             self._failures_hint(),
         )
+
+    async def raise_on_dead_letters(self) -> None:
+        """Fail fast: a job that exhausted its deliveries will not finish by waiting longer.
+        Failed attempts that will be retried are reported once each."""
+        rows = await self.fetch(
+            "SELECT id, job_type, job_key, error, (result->>'dead_letter') = 'true' AS dead "
+            "FROM batch_run_history WHERE status = 'failed' AND started_at >= :since "
+            "ORDER BY started_at",
+            since=self.started,
+        )
+        for row in rows:
+            if row["id"] not in self.reported_failures:
+                self.reported_failures.add(row["id"])
+                state = "gave up" if row["dead"] else "will be retried"
+                self.say(f"{row['job_type']} {row['job_key']} failed ({state}): {row['error']}")
+        dead = [row for row in rows if row["dead"]]
+        if dead:
+            raise DemoFailed(
+                f"{dead[0]['job_type']} {dead[0]['job_key']} was dead-lettered: "
+                f"{dead[0]['error']}. {self._failures_hint()}"
+            )
 
     def _failures_hint(self) -> str:
         data_dir = self.supervisor.data_dir
@@ -287,6 +311,8 @@ class Demo:
                 d=day,
             )
             ready = rows[0]["snapshots"] == len(ids) and rows[0]["exposed"] == len(ids)
+            if not ready:
+                await self.raise_on_dead_letters()
             return True if ready else None
 
         await _poll(

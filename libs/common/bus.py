@@ -123,6 +123,7 @@ async def ensure_streams(
     *,
     duplicate_window_seconds: float = 3600.0,
     event_retention_days: int = 14,
+    replicas: int = 1,
 ) -> None:
     """Create or update both streams (idempotent; every service calls it at start-up)."""
     configs = [
@@ -132,6 +133,7 @@ async def ensure_streams(
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=duplicate_window_seconds,
+            num_replicas=replicas,
         ),
         StreamConfig(
             name=topology.events_stream,
@@ -140,6 +142,7 @@ async def ensure_streams(
             storage=StorageType.FILE,
             max_age=event_retention_days * 86400.0,
             duplicate_window=duplicate_window_seconds,
+            num_replicas=replicas,
         ),
     ]
     for config in configs:

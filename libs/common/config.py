@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_deliver: int = Field(default=5, alias="SIGMABATCH_MAX_DELIVER")
     duplicate_window_seconds: float = Field(default=3600.0, alias="SIGMABATCH_DUPLICATE_WINDOW")
     event_retention_days: int = Field(default=14, alias="SIGMABATCH_EVENT_RETENTION_DAYS")
+    # JetStream replicas of both streams: 3 on a 3-node NATS cluster (the services apply it at
+    # start-up, so an operator's `nats stream edit --replicas` is not undone by a restart).
+    stream_replicas: int = Field(default=1, alias="SIGMABATCH_STREAM_REPLICAS")
     # Symbol batch
     max_backfill_days: int = Field(default=30, alias="SIGMABATCH_MAX_BACKFILL_DAYS")
     settle_delay_minutes: int = Field(default=60, alias="SIGMABATCH_SETTLE_DELAY_MINUTES")

@@ -113,6 +113,7 @@ async def connect_context(name: str, settings: Settings | None = None) -> Servic
         topology,
         duplicate_window_seconds=settings.duplicate_window_seconds,
         event_retention_days=settings.event_retention_days,
+        replicas=settings.stream_replicas,
     )
     jobs = JobTracker(database_url, stale_after_seconds=settings.job_stale_after_seconds)
     return ServiceContext(name, settings, database_url, topology, nc, js, jobs)
