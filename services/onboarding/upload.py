@@ -58,6 +58,8 @@ def check_form(name: str, equity_balance: str | None) -> tuple[str, Decimal | No
     clean_name = (name or "").strip()
     if not clean_name:
         problems.append(CsvProblem(None, "name", "The portfolio needs a name."))
+    elif any(ord(ch) < 32 for ch in clean_name):
+        problems.append(CsvProblem(None, "name", "The name contains control characters."))
     elif len(clean_name) > MAX_NAME_LENGTH:
         problems.append(CsvProblem(None, "name",
                                    f"The name is longer than {MAX_NAME_LENGTH} characters."))

@@ -7,7 +7,17 @@ import logging
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    UploadFile,
+)
 from fastapi.responses import JSONResponse
 
 from libs.common import bus
@@ -44,6 +54,10 @@ NOT_FOUND = {404: {"model": ErrorResponse,
 READ_CHUNK = 64 * 1024
 
 api = APIRouter(prefix="/api/v1", responses=AUTH_ERRORS)
+
+JobType = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                                      description="e.g. symbol_batch, symbol_onboard")]
+Symbol = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,32}$", description="Ticker, e.g. AAPL")]
 
 
 def _db(request: Request) -> str:
@@ -135,7 +149,7 @@ async def onboarding_status(request: Request, caller: CallerDep, portfolio_id: u
 async def batch_jobs(
     request: Request, caller: CallerDep,
     status: Literal["running", "completed", "partial", "failed"] = "running",
-    job_type: str | None = None,
+    job_type: JobType = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ):
     async with session_scope(_db(request)) as session:
@@ -145,7 +159,7 @@ async def batch_jobs(
 @api.get("/batch/runs", response_model=list[JobOut], summary="Job history, newest first")
 async def batch_runs(
     request: Request, caller: CallerDep,
-    job_type: str | None = None,
+    job_type: JobType = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ):
     async with session_scope(_db(request)) as session:
@@ -214,20 +228,14 @@ async def get_factor_exposures(request: Request, caller: CallerDep, portfolio_id
         return await queries.factor_exposures(session, portfolio_id, date)
 
 
-SymbolPath = Annotated[str, Query()]
-
-
 def _symbol(symbol: str) -> str:
-    clean = symbol.strip().upper()
-    if not clean or len(clean) > 32:
-        raise HTTPException(404, detail=f"Unknown symbol {symbol!r}.")
-    return clean
+    return symbol.strip().upper()
 
 
 @api.get("/symbols/{symbol}/prices", response_model=list[PriceOut],
          responses={404: {"model": ErrorResponse, "description": "Symbol never priced."}},
          summary="Daily prices (close, adjusted close, source) in a date range")
-async def get_prices(request: Request, caller: CallerDep, symbol: str,
+async def get_prices(request: Request, caller: CallerDep, symbol: Symbol,
                      start: dt.date | None = None, end: dt.date | None = None):
     clean = _symbol(symbol)
     async with session_scope(_db(request)) as session:
@@ -240,7 +248,7 @@ async def get_prices(request: Request, caller: CallerDep, symbol: str,
 @api.get("/symbols/{symbol}/factors", response_model=list[SymbolFactorOut],
          responses={404: {"model": ErrorResponse, "description": "Symbol unknown."}},
          summary="Factor betas on a date (default: the latest; else the latest before it)")
-async def get_symbol_factors(request: Request, caller: CallerDep, symbol: str,
+async def get_symbol_factors(request: Request, caller: CallerDep, symbol: Symbol,
                              date: dt.date | None = None):
     clean = _symbol(symbol)
     async with session_scope(_db(request)) as session:
