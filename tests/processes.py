@@ -37,7 +37,11 @@ class ServiceProcess:
             start_new_session=True,
         )
         if wait_ready:
-            self.wait_for_log(self.READY_LINES.get(self.name, " ready"), timeout=timeout)
+            try:
+                self.wait_for_log(self.READY_LINES.get(self.name, " ready"), timeout=timeout)
+            except BaseException:
+                self.kill()
+                raise
         return self
 
     def log(self) -> str:

@@ -387,6 +387,10 @@ def compute_refresh(
     ports = ports.reset_index(drop=True)
 
     prev = _previous_frame(previous)
+    # Ids may arrive as str or UUID objects (and an empty frame has object dtype): one key
+    # dtype for every merge.
+    ports["portfolio_id"] = ports["portfolio_id"].astype(str)
+    prev["portfolio_id"] = prev["portfolio_id"].astype(str)
     ports = ports.merge(prev, on="portfolio_id", how="left")
     has_prev = ports["prev_date"].notna() & (ports["prev_date"] < t)
     ports.loc[~has_prev, ["prev_date", "prev_equity", "prev_cumulative_pnl"]] = [pd.NaT, None, None]
@@ -484,6 +488,7 @@ def _flows_in_window(
     if flows is None or flows.empty:
         return pd.Series(0, index=ports["portfolio_id"], dtype="int64")
     fl = flows.loc[:, ["portfolio_id", "flow_date", "amount"]].copy()
+    fl["portfolio_id"] = fl["portfolio_id"].astype(str)
     fl["flow_date"] = _days(fl["flow_date"])
     fl = fl.merge(ports[["portfolio_id", "prev_date"]], on="portfolio_id", how="inner")
     lower = fl["prev_date"].fillna(t - pd.Timedelta(days=1))
