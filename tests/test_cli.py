@@ -206,6 +206,12 @@ def test_format_table_aligns_columns() -> None:
 # -- real processes ------------------------------------------------------------------------
 
 
+def test_service_verb_execs_the_service_which_says_what_is_missing() -> None:
+    result = run_cli("service", "symbol_batch", timeout=60)
+    assert result.returncode == 2
+    assert "DATABASE_URL is not set" in result.stderr and "sigmabatch up" in result.stderr
+
+
 def test_up_answers_readyz_and_writes_runtime_json(system: UpProcess) -> None:
     runtime = system.runtime()
     assert runtime["pid"] == system.process.pid
