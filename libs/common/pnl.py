@@ -106,7 +106,10 @@ def _days(values: Any) -> pd.Series | pd.Timestamp:
 
 
 def _upper(series: pd.Series) -> pd.Series:
-    return series.fillna("").astype(str).str.strip().str.upper()
+    """Stripped upper-case text, "" for missing; mapped per distinct value (symbols repeat)."""
+    values = series.astype(object).where(series.notna(), "").to_numpy(dtype=object)
+    mapping = {u: str(u).strip().upper() for u in pd.unique(values)}
+    return pd.Series([mapping[v] for v in values], index=series.index, dtype="str")
 
 
 def normalise_positions(positions: pd.DataFrame) -> pd.DataFrame:
@@ -397,9 +400,11 @@ def compute_refresh(
 
     px = normalise_prices(prices)
     px = px[px["date"] <= t]
-    vols = realised_volatility(px, params)
 
     pos = normalise_positions(positions)
+    pos["portfolio_id"] = pos["portfolio_id"].astype(str)
+    underlyings = pos.loc[pos["is_option"], "underlying_symbol"].unique()
+    vols = realised_volatility(px[px["symbol"].isin(underlyings)], params)
     pos = pos[pos["portfolio_id"].isin(ports["portfolio_id"])]
     pos = pos.merge(ports[["portfolio_id", "prev_date"]], on="portfolio_id", how="left")
     started = pos["entry_date"] <= t
@@ -689,6 +694,16 @@ def position_value_records(values: pd.DataFrame) -> list[dict[str, Any]]:
             }
         )
     return records
+
+
+def model_inputs_column(values: pd.DataFrame) -> list[dict[str, Any] | None]:
+    """Per position row: its Black-Scholes inputs if it carries a model price, else None."""
+    out: list[dict[str, Any] | None] = [None] * len(values)
+    frame = values.reset_index(drop=True)
+    modelled = frame.index[(frame["price_source"] == SOURCE_MODEL) & frame["is_active"]]
+    for i, row in zip(modelled, frame.loc[modelled].itertuples(index=False), strict=True):
+        out[i] = model_inputs(row)
+    return out
 
 
 def model_inputs(row: Any) -> dict[str, Any]:

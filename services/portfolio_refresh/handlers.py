@@ -93,10 +93,9 @@ def compute_chunk(
     )
     snapshot_rows = pnl.snapshot_records(result.snapshots)
     values = result.positions
-    model_inputs: list[str | None] = [None] * len(values)
-    modelled = (values["price_source"] == pnl.SOURCE_MODEL) & values["is_active"]
-    for i in modelled[modelled].index:
-        model_inputs[i] = json.dumps(pnl.model_inputs(values.loc[i]))
+    model_inputs = [
+        None if inputs is None else json.dumps(inputs) for inputs in pnl.model_inputs_column(values)
+    ]
     equity = pd.DataFrame(
         {
             "portfolio_id": result.snapshots["portfolio_id"],
