@@ -114,13 +114,21 @@ async def upload_portfolio(
             session, user_id=user_id, name=clean_name, positions=parsed.positions,
             data_symbols=data_symbols, equity_balance=equity, requested_by=username,
             retry_failed_after_seconds=retry_failed_after_seconds)
+        waits_for_nothing = not stored.symbols_queued
+        if waits_for_nothing:
+            # Nothing can settle concurrently: the readiness flip joins this transaction.
+            requests = await store.request_snapshot_if_ready(
+                session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
 
     for symbol in stored.symbols_queued:
         await publish(SymbolOnboardRequested(symbol=symbol, portfolio_id=stored.portfolio_id,
                                              requested_by=username))
-    async with session_scope(database_url) as session:
-        requests = await store.request_snapshot_if_ready(
-            session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
+    if not waits_for_nothing:
+        # After the commit: a symbol that settled while this transaction was open announced
+        # itself to a coordinator that could not see this portfolio yet; this check catches it.
+        async with session_scope(database_url) as session:
+            requests = await store.request_snapshot_if_ready(
+                session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
 
     status = "running"
     if requests and snapshot_maker is not None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -32,13 +33,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from libs.common import bus
 from libs.common.auth import TokenCache
 from libs.common.config import Settings, get_settings
-from libs.common.db import dispose_engines, get_engine
+from libs.common.db import asyncpg_dsn, dispose_engines, get_engine
 from libs.common.events import Message
 from services.onboarding.upload import SnapshotMaker
-from services.status_api.routes import api
+from services.status_api.routes import FinishedStatusCache, api
 from services.status_api.schemas import Health, Readiness
 
 log = logging.getLogger(__name__)
+
+# Raw asyncpg pool of the hot read path (the polled status endpoint).
+PG_POOL_SIZE = 10
 
 
 @dataclass
@@ -63,6 +67,34 @@ class Metrics:
         )
 
 
+class MetricsMiddleware:
+    """Request count and latency per route template (pure ASGI: no per-request task)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_and_record(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], route, str(status[0])).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(
+                time.perf_counter() - started)
+
+
 def create_app(settings: Settings | None = None, *,
                snapshot_maker: SnapshotMaker | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -71,10 +103,13 @@ def create_app(settings: Settings | None = None, *,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine(database_url)
+        app.state.pg_pool = await asyncpg.create_pool(
+            asyncpg_dsn(database_url), min_size=2, max_size=PG_POOL_SIZE)
         connector = asyncio.create_task(_connect_nats(app, settings))
         try:
             yield
         finally:
+            await app.state.pg_pool.close()
             connector.cancel()
             with contextlib.suppress(BaseException):
                 await connector
@@ -97,6 +132,7 @@ def create_app(settings: Settings | None = None, *,
     state.database_url = database_url
     state.auth_disabled = settings.auth_disabled
     state.token_cache = TokenCache()
+    state.status_cache = FinishedStatusCache()
     state.snapshot_maker = snapshot_maker
     state.topology = bus.Topology(settings.bus_prefix)
     state.nc = None
@@ -122,16 +158,7 @@ def create_app(settings: Settings | None = None, *,
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
             allow_methods=["*"], allow_headers=["*"])
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        state.metrics.requests.labels(request.method, template, str(response.status_code)).inc()
-        state.metrics.latency.labels(request.method, template).observe(
-            time.perf_counter() - started)
-        return response
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

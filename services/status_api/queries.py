@@ -11,15 +11,18 @@ import json
 import uuid
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.common.db import session_scope
 from services.onboarding import store
 from services.onboarding.domain import PHASES, progress
 from services.portfolio_refresh.handlers import JOB_REQUEST as REFRESH_REQUEST_JOB
 
-ONBOARDING_SQL = text(
-    """
+# Plain asyncpg SQL: the status endpoint is polled by every open browser tab, so it runs as
+# one autocommit statement on a raw pool (no ORM session, no BEGIN/COMMIT round trips).
+ONBOARDING_SQL = """
     SELECT p.id AS portfolio_id, po.status, po.mode, po.started_at, po.finished_at,
            po.snapshot_requested_at, po.snapshot_date, po.failed_symbols, po.error,
            (SELECT count(*) FROM portfolio_onboarding_symbols s
@@ -27,10 +30,11 @@ ONBOARDING_SQL = text(
            (SELECT count(*) FROM portfolio_onboarding_symbols s
              JOIN symbol_onboarding so ON so.symbol = s.symbol
              WHERE s.portfolio_id = p.id AND so.status IN ('ready', 'failed')) AS symbols_settled,
-           (SELECT j.error FROM batch_run_history j
-             WHERE j.job_type = :refresh_job AND j.status = 'failed'
-               AND j.job_key = 'refresh:' || p.id || ':' || po.snapshot_date
-             ORDER BY j.started_at DESC LIMIT 1) AS snapshot_error,
+           CASE WHEN po.status = 'running' AND po.snapshot_requested_at IS NOT NULL THEN
+               (SELECT j.error FROM batch_run_history j
+                 WHERE j.job_type = $3 AND j.status = 'failed'
+                   AND j.job_key = 'refresh:' || p.id || ':' || po.snapshot_date
+                 ORDER BY j.started_at DESC LIMIT 1) END AS snapshot_error,
            EXISTS (SELECT 1 FROM portfolio_snapshots ps
                     WHERE ps.portfolio_id = p.id AND ps.snapshot_date = po.snapshot_date
                       AND ps.is_complete) AS snapshot_done,
@@ -41,33 +45,32 @@ ONBOARDING_SQL = text(
                     ORDER BY oa.id DESC LIMIT 100) a) AS activity
     FROM portfolios p
     LEFT JOIN portfolio_onboarding po ON po.portfolio_id = p.id
-    WHERE p.id = :portfolio_id AND p.user_id = :user_id
-    """
-)
+    WHERE p.id = $1 AND p.user_id = $2
+"""
 
 
 async def onboarding_status(
-    session: AsyncSession, portfolio_id: uuid.UUID, user_id: uuid.UUID
+    pool: asyncpg.Pool, database_url: str, portfolio_id: uuid.UUID, user_id: uuid.UUID
 ) -> dict[str, Any] | None:
     """The onboarding status document, or None when the caller has no such portfolio."""
-    row = (await session.execute(ONBOARDING_SQL, {
-        "portfolio_id": portfolio_id, "user_id": user_id, "refresh_job": REFRESH_REQUEST_JOB,
-    })).mappings().first()
+    row = await pool.fetchrow(ONBOARDING_SQL, portfolio_id, user_id, REFRESH_REQUEST_JOB)
     if row is None:
         return None
     if row["status"] is None:
         return {"portfolio_id": portfolio_id, "status": "not_found"}
     status = row["status"]
-    if status == "running" and row["snapshot_done"]:
-        # The snapshot landed since the last look: record the outcome (idempotent).
-        if await store.finish_completed_onboardings(session, portfolio_id):
-            return await onboarding_status(session, portfolio_id, user_id)
+    if status == "running" and (row["snapshot_done"] or row["snapshot_error"]):
+        # The outcome arrived since the last look: record it once (idempotent), then re-read.
+        async with session_scope(database_url) as session:
+            if row["snapshot_done"]:
+                changed = await store.finish_completed_onboardings(session, portfolio_id)
+            else:  # dead-lettered: no retry will come, say so
+                await store.fail_onboarding(session, portfolio_id, (
+                    f"the first snapshot could not be made: {row['snapshot_error']}"))
+                changed = True
+        if changed:
+            return await onboarding_status(pool, database_url, portfolio_id, user_id)
         status = "partial" if row["failed_symbols"] else "completed"
-    elif status == "running" and row["snapshot_error"]:
-        # The first snapshot was dead-lettered: no retry will come, say so.
-        error = f"the first snapshot could not be made: {row['snapshot_error']}"
-        await store.fail_onboarding(session, portfolio_id, error)
-        return await onboarding_status(session, portfolio_id, user_id)
     now = dt.datetime.now(dt.UTC)
     finished = row["finished_at"] or (now if status == "running" else None)
     snapshot_done = bool(row["snapshot_done"]) or status in ("completed", "partial")

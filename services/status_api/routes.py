@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import uuid
+from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import (
@@ -18,7 +20,7 @@ from fastapi import (
     Request,
     UploadFile,
 )
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from libs.common import bus
 from libs.common.auth import Caller, require_admin, resolve_caller
@@ -137,11 +139,51 @@ async def create_portfolio(
          responses=NOT_FOUND, summary="Onboarding progress of an uploaded portfolio")
 async def onboarding_status(request: Request, caller: CallerDep, portfolio_id: uuid.UUID):
     """`not_found` means the portfolio exists but was not onboarded through an upload."""
-    async with session_scope(_db(request)) as session:
-        document = await queries.onboarding_status(session, portfolio_id, caller.user_id)
-    if document is None:
-        raise _not_found()
-    return document
+    cache: FinishedStatusCache = request.app.state.status_cache
+    key = (portfolio_id, caller.user_id)
+    body = cache.get(key)
+    if body is None:
+        document = await queries.onboarding_status(request.app.state.pg_pool, _db(request),
+                                                   portfolio_id, caller.user_id)
+        if document is None:
+            raise _not_found()
+        # Serialised directly (the model above documents it): this endpoint is polled hard.
+        body = json.dumps(document, default=_json_default).encode()
+        if document["status"] in FINISHED:
+            cache.put(key, body)
+    return Response(body, media_type="application/json")
+
+
+FINISHED = frozenset({"completed", "partial", "failed"})
+
+
+class FinishedStatusCache:
+    """Status documents of finished onboardings, which never change again.
+
+    Nothing is written for a portfolio once its onboarding is completed/partial/failed
+    (its elapsed time is frozen at finished_at), so every replica may keep the bytes; a
+    running onboarding is always read from the database.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._bodies: dict[tuple[uuid.UUID, uuid.UUID], bytes] = {}
+
+    def get(self, key: tuple[uuid.UUID, uuid.UUID]) -> bytes | None:
+        return self._bodies.get(key)
+
+    def put(self, key: tuple[uuid.UUID, uuid.UUID], body: bytes) -> None:
+        if len(self._bodies) >= self.capacity:
+            self._bodies.clear()
+        self._bodies[key] = body
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | Decimal):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 @api.get("/batch/jobs", response_model=list[JobOut],
