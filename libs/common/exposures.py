@@ -19,6 +19,7 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class ExposureResult:
+    weights: pd.DataFrame  # position_id, portfolio_id, beta_symbol, market_value, weight
     positions: pd.DataFrame  # position_id, portfolio_id, factor_name, beta, weight, exposure_dollar
     portfolios: pd.DataFrame  # portfolio_id, factor_name, exposure, exposure_dollar
 
@@ -29,18 +30,10 @@ def beta_symbol(values: pd.DataFrame) -> pd.Series:
     return values["symbol"].where(~values["is_option"].astype(bool) | underlying.isna(), underlying)
 
 
-def compute_exposures(
-    values: pd.DataFrame, betas: pd.DataFrame, equity: pd.DataFrame
-) -> ExposureResult:
-    """Position and portfolio factor exposures.
-
-    values: the position rows of `pnl.compute_refresh` (position_id, portfolio_id, symbol,
-        underlying_symbol, is_option, is_active, market_value).
-    betas: symbol, factor_name, beta (one row per symbol and factor, the date already chosen).
-    equity: portfolio_id, equity (the snapshot's equity; weights are relative to it).
-    """
+def position_weights(values: pd.DataFrame, equity: pd.DataFrame) -> pd.DataFrame:
+    """Held positions with their beta symbol and weight = signed market value / equity."""
     held = values.loc[values["is_active"].astype(bool)]
-    held = pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "position_id": held["position_id"].to_numpy(),
             "portfolio_id": held["portfolio_id"].to_numpy(),
@@ -50,28 +43,73 @@ def compute_exposures(
     )
     eq = equity.loc[:, ["portfolio_id", "equity"]].copy()
     eq["equity"] = pd.to_numeric(eq["equity"].astype("float64"), errors="coerce")
-    held = held.merge(eq, on="portfolio_id", how="left")
+    frame = frame.merge(eq, on="portfolio_id", how="left")
+    equity_values = frame.pop("equity").to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        held["weight"] = np.where(
-            held["equity"].to_numpy() != 0, held["market_value"] / held["equity"], np.nan
-        )
-    held = held[np.isfinite(held["weight"])]
+        frame["weight"] = np.where(equity_values != 0, frame["market_value"] / equity_values, np.nan)
+    return frame[np.isfinite(frame["weight"])].reset_index(drop=True)
 
-    b = betas.loc[:, ["symbol", "factor_name", "beta"]]
-    b = b[np.isfinite(b["beta"].astype("float64"))]
-    rows = held.merge(b, left_on="beta_symbol", right_on="symbol", how="inner")
-    rows["beta"] = rows["beta"].astype("float64")
-    rows["exposure"] = rows["beta"] * rows["weight"]
-    rows["exposure_dollar"] = rows["beta"] * rows["market_value"]
-    position_rows = rows.loc[
-        :, ["position_id", "portfolio_id", "factor_name", "beta", "weight", "exposure_dollar"]
-    ].reset_index(drop=True)
+
+def compute_exposures(
+    values: pd.DataFrame,
+    betas: pd.DataFrame,
+    equity: pd.DataFrame,
+    *,
+    include_positions: bool = True,
+) -> ExposureResult:
+    """Position and portfolio factor exposures.
+
+    values: the position rows of `pnl.compute_refresh` (position_id, portfolio_id, symbol,
+        underlying_symbol, is_option, is_active, market_value).
+    betas: symbol, factor_name, beta (one row per symbol and factor, the date already chosen).
+    equity: portfolio_id, equity (the snapshot's equity; weights are relative to it).
+    include_positions: build the long position x factor frame (the service leaves that
+        expansion to the database, which joins `weights` with the same betas).
+
+    The portfolio sums are a dense (positions x factors) product grouped by portfolio, so the
+    cost is one pass over the positions whatever the number of factors.
+    """
+    weights = position_weights(values, equity)
+    b = betas.loc[:, ["symbol", "factor_name", "beta"]].copy()
+    b["beta"] = b["beta"].astype("float64")
+    b = b[np.isfinite(b["beta"])]
+    matrix = b.pivot_table(index="symbol", columns="factor_name", values="beta", aggfunc="last")
+    factors = list(matrix.columns)
+    rows = matrix.index.get_indexer(weights["beta_symbol"])
+    known = rows >= 0
+    position_betas = np.full((len(weights), len(factors)), np.nan)
+    position_betas[known] = matrix.to_numpy()[rows[known]]
+    w = weights["weight"].to_numpy()[:, None]
+    mv = weights["market_value"].to_numpy()[:, None]
+    has = ~np.isnan(position_betas)
+    by = weights["portfolio_id"].to_numpy()
+    exposure = pd.DataFrame(np.where(has, position_betas * w, 0.0), columns=factors).groupby(by).sum()
+    dollars = pd.DataFrame(np.where(has, position_betas * mv, 0.0), columns=factors).groupby(by).sum()
+    present = pd.DataFrame(has, columns=factors).groupby(by).any()
     portfolio_rows = (
-        rows.groupby(["portfolio_id", "factor_name"], sort=True)[["exposure", "exposure_dollar"]]
-        .sum()
+        pd.DataFrame(
+            {
+                "exposure": exposure.stack(),
+                "exposure_dollar": dollars.stack(),
+                "present": present.stack(),
+            }
+        )
+        .rename_axis(["portfolio_id", "factor_name"])
         .reset_index()
     )
-    return ExposureResult(positions=position_rows, portfolios=portfolio_rows)
+    portfolio_rows = portfolio_rows[portfolio_rows["present"].astype(bool)].drop(columns="present")
+    portfolio_rows = portfolio_rows.sort_values(["portfolio_id", "factor_name"]).reset_index(drop=True)
+
+    position_rows = pd.DataFrame(
+        columns=["position_id", "portfolio_id", "factor_name", "beta", "weight", "exposure_dollar"]
+    )
+    if include_positions:
+        long = weights.merge(b, left_on="beta_symbol", right_on="symbol", how="inner")
+        long["exposure_dollar"] = long["beta"] * long["market_value"]
+        position_rows = long.loc[
+            :, ["position_id", "portfolio_id", "factor_name", "beta", "weight", "exposure_dollar"]
+        ].reset_index(drop=True)
+    return ExposureResult(weights=weights, positions=position_rows, portfolios=portfolio_rows)
 
 
 def dollars(values: pd.Series) -> list[Decimal]:

@@ -62,7 +62,7 @@ from libs.common.events import (
     PortfolioRefreshRequested,
     SymbolBatchCompleted,
 )
-from libs.common.exposures import compute_exposures
+from libs.common.exposures import ExposureResult, compute_exposures
 from libs.common.jobs import COMPLETED, JobAlreadyRunning
 from services.portfolio_refresh import repository as repo
 
@@ -85,7 +85,7 @@ class DateOutcome:
 
 def compute_chunk(
     day: dt.date, inputs: repo.ChunkInputs, params: pnl.PricingParams
-) -> tuple[pnl.RefreshResult, list[dict], list[str | None], pd.DataFrame, pd.DataFrame]:
+) -> tuple[pnl.RefreshResult, list[dict], list[str | None], ExposureResult]:
     """Pure part of a chunk: P&L, Decimal snapshot rows, model inputs, exposures."""
     result = pnl.compute_refresh(
         day, inputs.portfolios, inputs.positions, inputs.prices, inputs.previous, inputs.flows,
@@ -102,8 +102,8 @@ def compute_chunk(
             "equity": result.snapshots["equity_cents"] / 100.0,
         }
     )
-    exposures = compute_exposures(values, inputs.betas, equity)
-    return result, snapshot_rows, model_inputs, exposures.positions, exposures.portfolios
+    exposures = compute_exposures(values, inputs.betas, equity, include_positions=False)
+    return result, snapshot_rows, model_inputs, exposures
 
 
 async def refresh_date(
@@ -125,11 +125,13 @@ async def refresh_date(
             return DateOutcome(day, 0, 0)
         inputs = await repo.load_chunk(conn, day, claimed)
         # CPU-bound: off the event loop, so bus heartbeats keep flowing meanwhile.
-        result, snapshot_rows, model_inputs, pos_exp, port_exp = await asyncio.to_thread(
+        result, snapshot_rows, model_inputs, exposures = await asyncio.to_thread(
             compute_chunk, day, inputs, params
         )
         await repo.write_position_snapshots(conn, day, result.positions, model_inputs)
-        await repo.write_factor_exposures(conn, day, claimed, pos_exp, port_exp)
+        await repo.write_factor_exposures(
+            conn, day, claimed, exposures.weights, inputs.betas, exposures.portfolios
+        )
         completed = await repo.complete_snapshots(conn, day, snapshot_rows)
         if completed != len(claimed):
             raise RuntimeError(f"{day}: completed {completed} of {len(claimed)} claimed slots")

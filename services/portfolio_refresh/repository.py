@@ -347,6 +347,17 @@ async def complete_snapshots(
     return int(result.split()[-1])
 
 
+async def _stage(
+    conn: asyncpg.Connection, staging: str, staging_columns: str, records: list[tuple[Any, ...]]
+) -> None:
+    """Fill a transaction-scoped temp table with binary COPY."""
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {staging} ({staging_columns}) ON COMMIT DELETE ROWS"
+    )
+    await conn.execute(f"TRUNCATE {staging}")
+    await conn.copy_records_to_table(staging, records=records)
+
+
 async def _copy_via_staging(
     conn: asyncpg.Connection,
     staging: str,
@@ -359,11 +370,7 @@ async def _copy_via_staging(
     Binary COPY of floats is several times faster than encoding Python Decimals row by row;
     the server casts and rounds (half away from zero, like the Decimal path) in one pass.
     """
-    await conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {staging} ({staging_columns}) ON COMMIT DELETE ROWS"
-    )
-    await conn.execute(f"TRUNCATE {staging}")
-    await conn.copy_records_to_table(staging, records=records)
+    await _stage(conn, staging, staging_columns, records)
     await conn.execute(insert_sql)
 
 
@@ -416,10 +423,17 @@ async def write_factor_exposures(
     conn: asyncpg.Connection,
     day: dt.date,
     portfolio_ids: Sequence[uuid.UUID],
-    position_rows: pd.DataFrame,
+    weights: pd.DataFrame,
+    betas: pd.DataFrame,
     portfolio_rows: pd.DataFrame,
 ) -> None:
-    """Position- and portfolio-level exposures of the claimed portfolios for `day`."""
+    """Position- and portfolio-level exposures of the claimed portfolios for `day`.
+
+    Position rows are (position x factor): instead of shipping that product (12x the
+    positions) the positions' weights and the betas the chunk was computed with are staged
+    and the database expands them with one join, giving the same beta, weight and
+    beta x market value the pure library uses for the portfolio sums.
+    """
     ids = list(portfolio_ids)
     await conn.execute(
         "DELETE FROM position_factor_exposures WHERE portfolio_id = ANY($1::uuid[]) "
@@ -433,30 +447,43 @@ async def write_factor_exposures(
         ids,
         day,
     )
-    if not position_rows.empty:
-        records = list(
-            zip(
-                position_rows["position_id"].tolist(),
-                position_rows["portfolio_id"].tolist(),
-                position_rows["factor_name"].tolist(),
-                position_rows["beta"].to_numpy(dtype="float64").tolist(),
-                position_rows["weight"].to_numpy(dtype="float64").tolist(),
-                position_rows["exposure_dollar"].to_numpy(dtype="float64").tolist(),
-                strict=True,
-            )
+    if not weights.empty and not betas.empty:
+        await _stage(
+            conn,
+            "refresh_betas",
+            "symbol text, factor_name text, beta float8",
+            list(
+                zip(
+                    betas["symbol"].tolist(),
+                    betas["factor_name"].tolist(),
+                    betas["beta"].to_numpy(dtype="float64").tolist(),
+                    strict=True,
+                )
+            ),
         )
         await _copy_via_staging(
             conn,
-            "refresh_position_exposures",
-            "position_id uuid, portfolio_id uuid, factor_name text, beta float8, "
-            "weight float8, exposure_dollar float8",
-            records,
+            "refresh_position_weights",
+            "position_id uuid, portfolio_id uuid, beta_symbol text, market_value float8, "
+            "weight float8",
+            list(
+                zip(
+                    weights["position_id"].tolist(),
+                    weights["portfolio_id"].tolist(),
+                    weights["beta_symbol"].tolist(),
+                    weights["market_value"].to_numpy(dtype="float64").tolist(),
+                    weights["weight"].to_numpy(dtype="float64").tolist(),
+                    strict=True,
+                )
+            ),
             f"""
             INSERT INTO position_factor_exposures (position_id, calculation_date, factor_name,
                 portfolio_id, beta, weight, exposure_dollar)
-            SELECT position_id, DATE '{day.isoformat()}', factor_name, portfolio_id, beta, weight,
-                   round(exposure_dollar::numeric, 2)
-            FROM refresh_position_exposures
+            SELECT w.position_id, DATE '{day.isoformat()}', b.factor_name, w.portfolio_id,
+                   b.beta, w.weight, round((b.beta * w.market_value)::numeric, 2)
+            FROM refresh_position_weights w JOIN refresh_betas b ON b.symbol = w.beta_symbol
+            WHERE b.beta = b.beta  -- not NaN
+            ORDER BY w.position_id, b.factor_name
             """,
         )
     if not portfolio_rows.empty:
