@@ -67,6 +67,11 @@ async def test_rejected_upload_lists_every_problem_and_writes_nothing(settings):
         big = await client.post(UPLOAD, headers=headers,
                                 **upload_form(b"#" * (10 * 1024 * 1024)))
         assert big.status_code == 422 and "limit" in big.json()["errors"][0]["message"]
+        just_over = await client.post(UPLOAD, headers=headers,
+                                      **upload_form(b"#" * (2 * 1024 * 1024 + 1)))
+        assert just_over.status_code == 422
+        assert just_over.json()["errors"][0]["message"].startswith(
+            "The file is 2,097,153 bytes; the limit is 2,097,152 bytes (2.0 MB).")
         no_file = await client.post(UPLOAD, headers=headers, data={"name": "x"})
         assert no_file.status_code == 422 and no_file.json()["errors"][0]["column"] == "file"
     for table in ("portfolios", "positions", "symbol_onboarding", "portfolio_onboarding",

@@ -191,8 +191,11 @@ def parse_portfolio_csv(
     """Parse an upload; the result holds either positions or every problem found."""
     result = ParseResult()
     if len(data) > max_bytes:
+        size, limit = _human_size(len(data)), _human_size(max_bytes)
+        if size == limit:
+            size, limit = f"{len(data):,} bytes", f"{max_bytes:,} bytes ({limit})"
         result.problems.append(CsvProblem(None, None, (
-            f"The file is {_human_size(len(data))}; the limit is {_human_size(max_bytes)}. "
+            f"The file is {size}; the limit is {limit}. "
             "Split the portfolio or remove unneeded lines.")))
         return result
     if not data.strip():

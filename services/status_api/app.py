@@ -35,6 +35,7 @@ from libs.common.auth import TokenCache
 from libs.common.config import Settings, get_settings
 from libs.common.db import asyncpg_dsn, dispose_engines, get_engine
 from libs.common.events import Message
+from libs.common.portfolio_csv import MAX_UPLOAD_BYTES
 from services.onboarding.upload import SnapshotMaker
 from services.status_api.routes import FinishedStatusCache, api
 from services.status_api.schemas import Health, Readiness
@@ -93,6 +94,34 @@ class MetricsMiddleware:
             self.metrics.requests.labels(scope["method"], route, str(status[0])).inc()
             self.metrics.latency.labels(scope["method"], route).observe(
                 time.perf_counter() - started)
+
+
+class UploadSizeLimit:
+    """Refuse an oversized upload from its Content-Length, before any byte is parsed.
+
+    The multipart parser would otherwise spool the whole body first; the CSV parser's own
+    limit still applies to what gets through (bodies without Content-Length).
+    """
+
+    OVERHEAD = 64 * 1024  # multipart boundaries, headers and the other form fields
+
+    def __init__(self, app, path: str, limit: int) -> None:
+        self.app, self.path, self.limit = app, path, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path:
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared and declared.isdigit() and int(declared) > self.limit + self.OVERHEAD:
+                size_mb = int(declared) / (1024 * 1024)
+                response = JSONResponse(status_code=422, content={
+                    "detail": "The upload was rejected: 1 problem(s); nothing was saved.",
+                    "errors": [{"row": None, "column": "file", "message": (
+                        f"The upload is {size_mb:.1f} MB; the limit is "
+                        f"{self.limit / (1024 * 1024):.1f} MB for the file.")}]},
+                    headers={"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *,
@@ -158,6 +187,7 @@ def create_app(settings: Settings | None = None, *,
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
             allow_methods=["*"], allow_headers=["*"])
 
+    app.add_middleware(UploadSizeLimit, path="/api/v1/portfolios", limit=MAX_UPLOAD_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
     @app.exception_handler(RequestValidationError)
