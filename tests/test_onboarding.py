@@ -185,6 +185,8 @@ async def test_upload_with_unknown_symbols_runs_then_completes(settings, ctx):
     assert [p["status"] for p in final["phases"]] == ["completed"] * 3
     assert final["activity_log"][-1]["message"] == (
         f"First snapshot for {as_of} is ready: onboarding completed.")
+    assert "Fetching a year of prices, the profile and factor betas of ZZSLOW." in [
+        line["message"] for line in final["activity_log"]]
     percents = [s["overall_progress"]["percent_complete"] for s in seen]
     assert percents == sorted(percents)
     assert exposures["calculation_date"] == as_of.isoformat()
@@ -290,3 +292,22 @@ async def test_reconciler_republishes_a_request_lost_before_publish(settings, ct
         await coordinator.reconcile()  # repeating it publishes nothing new
     assert provider.calls_for("ZZLST") == 1
     assert len(await refresh_requests(ctx)) == 1
+
+
+async def test_dead_lettered_first_snapshot_fails_the_onboarding(settings, ctx):
+    headers = await token_for(settings.database_url, "alice")
+    as_of = await seed_known_symbols(settings.database_url, ["AAPL"], days=10)
+    async with api_client(settings) as client:  # no snapshot maker, no refresh service
+        created = await client.post(UPLOAD, headers=headers, files={"file": (
+            "p.csv", csv_bytes(*stock_rows(["AAPL"])))}, data={"name": "doomed"})
+        pid = created.json()["portfolio_id"]
+        assert created.json()["status"] == "running"
+        # What the bus does after MaxDeliver failed deliveries of the refresh request.
+        request = PortfolioRefreshRequested(portfolio_id=uuid.UUID(pid), as_of=as_of)
+        await ctx.jobs.record_dead_letter(JOB_REQUEST, request.message_id(),
+                                          "ValueError: no prices", b"{}", 3)
+        status = (await client.get(f"/api/v1/onboarding/status/{pid}", headers=headers)).json()
+    assert status["status"] == "failed"
+    assert status["error"] == "the first snapshot could not be made: ValueError: no prices"
+    assert status["activity_log"][-1]["level"] == "error"
+    assert [p["status"] for p in status["phases"]] == ["completed", "completed", "failed"]

@@ -112,6 +112,8 @@ async def test_kill_9_of_the_worker_mid_symbol_still_completes(settings, service
             if process is not None:
                 process.kill()
     assert (final["status"], final["snapshot_date"]) == ("completed", as_of.isoformat())
+    assert "Fetching a year of prices, the profile and factor betas of ZZKIL (attempt 2)." in [
+        line["message"] for line in final["activity_log"]]
     assert _calls(record, "ZZKIL") == 2  # the killed attempt and the one that finished
     async with session_scope(settings.database_url) as session:
         jobs = (await session.execute(text(

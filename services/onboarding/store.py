@@ -318,15 +318,34 @@ async def symbol_status(session: AsyncSession, symbol: str) -> str | None:
 
 
 async def mark_symbol_running(session: AsyncSession, symbol: str) -> bool:
-    """pending/running → running (attempt counted); False when already settled."""
-    row = await session.execute(
+    """pending/running → running (attempt counted); False when already settled.
+
+    Waiting portfolios get an activity line, with the attempt number on a retry.
+    """
+    row = (await session.execute(
         text(
             "UPDATE symbol_onboarding SET status = 'running', attempts = attempts + 1 "
-            "WHERE symbol = :s AND status IN ('pending', 'running') RETURNING symbol"
+            "WHERE symbol = :s AND status IN ('pending', 'running') RETURNING attempts"
         ),
         {"s": symbol},
+    )).first()
+    if row is None:
+        return False
+    retry = f" (attempt {row.attempts})" if row.attempts > 1 else ""
+    await session.execute(
+        text(
+            """
+            INSERT INTO onboarding_activity (portfolio_id, level, message)
+            SELECT pos.portfolio_id, 'info', :message
+            FROM portfolio_onboarding_symbols pos
+            JOIN portfolio_onboarding po ON po.portfolio_id = pos.portfolio_id
+            WHERE pos.symbol = :s AND po.status = 'running'
+            """
+        ),
+        {"s": symbol, "message": f"Fetching a year of prices, the profile and factor betas "
+                                 f"of {symbol}{retry}."},
     )
-    return row.first() is not None
+    return True
 
 
 async def settle_symbol(
