@@ -483,7 +483,6 @@ async def write_factor_exposures(
                    b.beta, w.weight, round((b.beta * w.market_value)::numeric, 2)
             FROM refresh_position_weights w JOIN refresh_betas b ON b.symbol = w.beta_symbol
             WHERE b.beta = b.beta  -- not NaN
-            ORDER BY w.position_id, b.factor_name
             """,
         )
     if not portfolio_rows.empty:
