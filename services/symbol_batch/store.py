@@ -202,66 +202,93 @@ async def upsert_fundamentals(session: AsyncSession, items: Sequence[Fundamental
     )
 
 
+# One row of `COPY (SELECT int4, int4, float8) TO STDOUT (FORMAT binary)`: field count, then
+# (length, value) per field, all big-endian; every field is NOT NULL, so rows are fixed-width.
+_CLOSE_ROW = np.dtype(
+    [
+        ("n", ">i2"),
+        ("l1", ">i4"),
+        ("col", ">i4"),
+        ("l2", ">i4"),
+        ("day", ">i4"),
+        ("l3", ">i4"),
+        ("value", ">f8"),
+    ]
+)
+_BINARY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
+
+
 async def load_closes(
     session: AsyncSession, symbols: Sequence[str], sessions: pd.DatetimeIndex
 ) -> pd.DataFrame:
     """Adjusted closes as a (session x symbol) float matrix, NaN where no bar.
 
-    Read with COPY ... TO STDOUT (CSV) and parsed by pandas' C reader: for millions of rows this
-    is several times faster than materialising asyncpg records one by one.
+    The server numbers each row's symbol (its position in ``symbols``) and day (offset from the
+    first session) and streams fixed-width binary COPY rows that numpy reads in place: no
+    per-row Python objects and no text parsing, which for a million rows is most of the cost.
     """
     connection = await raw_connection(session)
     buffer = io.BytesIO()
+    first, last = sessions[0].date(), sessions[-1].date()
     await connection.copy_from_query(
-        "SELECT symbol, date, adj_close FROM market_data_cache "
-        "WHERE symbol = ANY($1::text[]) AND date BETWEEN $2 AND $3",
+        "SELECT u.ord::int4 - 1, (m.date - $2::date)::int4, m.adj_close "
+        "FROM unnest($1::text[]) WITH ORDINALITY AS u(symbol, ord) "
+        "JOIN market_data_cache m ON m.symbol = u.symbol AND m.date BETWEEN $2 AND $3",
         list(symbols),
-        sessions[0].date(),
-        sessions[-1].date(),
+        first,
+        last,
         output=buffer,
-        format="csv",
+        format="binary",
     )
-    buffer.seek(0)
-    long = pd.read_csv(
-        buffer,
-        header=None,
-        names=["symbol", "date", "adj_close"],
-        dtype={"symbol": str, "date": str, "adj_close": np.float64},
-    )
+    raw = buffer.getbuffer()
+    count = (len(raw) - _BINARY_HEADER - 2) // _CLOSE_ROW.itemsize
+    rows = np.frombuffer(raw, dtype=_CLOSE_ROW, count=count, offset=_BINARY_HEADER)
+    day_to_row = np.full((last - first).days + 1, -1, dtype=np.int64)
+    day_to_row[(sessions - sessions[0]).days.to_numpy()] = np.arange(len(sessions))
+    row = day_to_row[rows["day"].astype(np.int64)]
+    ok = row >= 0  # a bar on a non-session day (rare vendor artefact) is ignored
     matrix = np.full((len(sessions), len(symbols)), np.nan)
-    if len(long):
-        columns = pd.Index(list(symbols))
-        col = columns.get_indexer(long["symbol"])
-        row = sessions.get_indexer(pd.to_datetime(long["date"]))
-        ok = (col >= 0) & (row >= 0)
-        matrix[row[ok], col[ok]] = long["adj_close"].to_numpy()[ok]
+    matrix[row[ok], rows["col"][ok].astype(np.int64)] = rows["value"][ok].astype(np.float64)
+    del rows, raw
     return pd.DataFrame(matrix, index=sessions, columns=list(symbols))
 
 
 async def write_exposures(session: AsyncSession, exposures: pd.DataFrame, day: dt.date) -> int:
-    """Upsert one date's betas for every symbol in one statement."""
+    """Upsert one date's betas for every symbol: binary COPY into a temporary table, then one
+    INSERT ... SELECT ... ON CONFLICT (idempotent; about twice as fast as unnest arrays)."""
     if exposures.empty:
         return 0
     connection = await raw_connection(session)
     await connection.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS symbol_factor_exposures_incoming "
+        "(LIKE symbol_factor_exposures INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    await connection.copy_records_to_table(
+        "symbol_factor_exposures_incoming",
+        columns=["symbol", "factor_name", "calculation_date", "beta", "r2", "n_obs", "quality"],
+        records=zip(
+            exposures["symbol"].tolist(),
+            exposures["factor"].tolist(),
+            [day] * len(exposures),
+            exposures["beta"].to_numpy(np.float64).tolist(),
+            exposures["r2"].to_numpy(np.float64).tolist(),
+            exposures["n_obs"].to_numpy(np.int64).tolist(),
+            exposures["quality"].tolist(),
+            strict=True,
+        ),
+    )
+    await connection.execute(
         """
         INSERT INTO symbol_factor_exposures (symbol, factor_name, calculation_date, beta, r2,
                                              n_obs, quality)
-        SELECT s, f, $3::date, b, r, n, q
-        FROM unnest($1::text[], $2::text[], $4::float8[], $5::float8[], $6::int[], $7::text[])
-             AS t(s, f, b, r, n, q)
+        SELECT symbol, factor_name, calculation_date, beta, r2, n_obs, quality
+        FROM symbol_factor_exposures_incoming
         ON CONFLICT (symbol, factor_name, calculation_date) DO UPDATE SET
             beta = EXCLUDED.beta, r2 = EXCLUDED.r2, n_obs = EXCLUDED.n_obs,
             quality = EXCLUDED.quality
-        """,
-        exposures["symbol"].tolist(),
-        exposures["factor"].tolist(),
-        day,
-        exposures["beta"].to_numpy(np.float64).tolist(),
-        exposures["r2"].to_numpy(np.float64).tolist(),
-        exposures["n_obs"].to_numpy(np.int64).tolist(),
-        exposures["quality"].tolist(),
+        """
     )
+    await connection.execute("TRUNCATE symbol_factor_exposures_incoming")
     return len(exposures)
 
 
