@@ -285,3 +285,12 @@ async def test_all_symbols_known_is_completed_on_the_first_poll(settings):
     assert detail["latest_snapshot"]["snapshot_date"] == as_of.isoformat()
     assert detail["position_count"] == 5 and detail["onboarding_status"] == "completed"
     assert await count(settings.database_url, "symbol_onboarding") == 0
+
+
+async def test_auth_disabled_serves_a_local_admin(settings):
+    local = settings.model_copy(update={"auth_disabled": True})
+    async with api_client(local) as client:
+        listing = await client.get("/api/v1/portfolios")
+        trigger = await client.post("/api/v1/admin/batch/nightly")
+    assert listing.status_code == 200 and listing.json() == []
+    assert trigger.status_code == 202

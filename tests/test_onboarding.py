@@ -311,3 +311,31 @@ async def test_dead_lettered_first_snapshot_fails_the_onboarding(settings, ctx):
     assert status["error"] == "the first snapshot could not be made: ValueError: no prices"
     assert status["activity_log"][-1]["level"] == "error"
     assert [p["status"] for p in status["phases"]] == ["completed", "completed", "failed"]
+
+
+class FailingOnceProvider(CountingProvider):
+    """The real provider, except that the first price call raises like a network error."""
+
+    async def fetch_prices(self, symbols, start, end):
+        if not self.price_calls:
+            self.price_calls.append(tuple(symbols))
+            raise ConnectionError("provider unreachable")
+        return await super().fetch_prices(symbols, start, end)
+
+
+async def test_transient_provider_error_is_retried(settings, ctx):
+    headers = await token_for(settings.database_url, "alice")
+    await seed_known_symbols(settings.database_url, [], days=10)
+    provider = FailingOnceProvider(get_provider(settings))
+    async with api_client(settings) as client, onboarding_running(ctx, provider):
+        created = await client.post(UPLOAD, headers=headers, files={"file": (
+            "p.csv", csv_bytes(*stock_rows(["ZZRTY"])))}, data={"name": "retry"})
+        pid = created.json()["portfolio_id"]
+        final = (await poll_status(client, headers, pid, ("completed", "partial", "failed")))[-1]
+    assert final["status"] == "completed" and provider.calls_for("ZZRTY") == 2
+    async with session_scope(settings.database_url) as session:
+        jobs = (await session.execute(text(
+            "SELECT status, error FROM batch_run_history WHERE job_type = :t "
+            "ORDER BY started_at"), {"t": JOB_TYPE})).all()
+    assert [j.status for j in jobs] == ["failed", "completed"]
+    assert jobs[0].error == "ConnectionError: provider unreachable (will retry)"
