@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -120,7 +121,12 @@ def daily_returns(prices: pd.DataFrame) -> pd.DataFrame:
     one-day returns.
     """
     ordered = prices.sort_index()
-    return ordered / ordered.shift(1) - 1.0
+    values = ordered.to_numpy(np.float64)
+    returns = np.full_like(values, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        returns[1:] = values[1:] / values[:-1] - 1.0
+    # One float block: slicing a window and taking its values later is a view, not a copy.
+    return pd.DataFrame(returns, index=ordered.index, columns=ordered.columns)
 
 
 @dataclass(frozen=True)
@@ -137,82 +143,124 @@ def _window(returns: pd.DataFrame, as_of: date | pd.Timestamp, length: int) -> p
     return returns.iloc[max(0, end - length) : end]
 
 
-def _ols_univariate(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, ...]:
-    """OLS with intercept of every column of y on x, each over its own valid rows.
+@dataclass(frozen=True)
+class _Response:
+    """The symbols' returns over one set of rows, centred per symbol on its own valid days.
 
-    Two-pass (centre then multiply) so nearly collinear series, e.g. SPY on SPY, keep full
-    precision. Returns beta, r2, n per column.
+    Centring y exactly (two-pass) is what keeps the cross-products free of cancellation; the
+    regressors then only need a global shift, and every per-symbol sum becomes one BLAS
+    matrix product over all symbols instead of a loop.
     """
-    w = valid.astype(np.float64)
-    n = w.sum(axis=0)
-    safe_n = np.where(n > 0, n, 1.0)
-    x_col = np.where(valid, x[:, None], 0.0)
-    y_col = np.where(valid, y, 0.0)
-    xc = (x_col - x_col.sum(axis=0) / safe_n) * w
-    yc = (y_col - y_col.sum(axis=0) / safe_n) * w
-    sxx = np.einsum("tn,tn->n", xc, xc)
-    sxy = np.einsum("tn,tn->n", xc, yc)
-    syy = np.einsum("tn,tn->n", yc, yc)
+
+    weight: np.ndarray  # (T, N) 1.0 where the symbol and the regressors have a value
+    n: np.ndarray  # (N,)
+    centred: np.ndarray  # (T, N), zero where weight is 0
+
+    @classmethod
+    def of(cls, y: np.ndarray, valid: np.ndarray) -> _Response:
+        weight = valid.astype(np.float64)
+        n = weight.sum(axis=0)
+        y0 = np.where(valid, y, 0.0)
+        mean = y0.sum(axis=0) / np.where(n > 0, n, 1.0)
+        return cls(weight, n, (y0 - mean) * weight)
+
+    @cached_property
+    def sum_squares(self) -> np.ndarray:
+        return np.einsum("tn,tn->n", self.centred, self.centred)
+
+
+def _shifted(x: np.ndarray, row_ok: np.ndarray) -> np.ndarray:
+    """Regressor(s) minus their mean over the usable rows, zero on unusable rows."""
+    centre = x[row_ok].mean(axis=0) if row_ok.any() else 0.0
+    return np.where(row_ok.reshape(row_ok.shape + (1,) * (x.ndim - 1)), x - centre, 0.0)
+
+
+def _ols_univariate(x: np.ndarray, response: _Response) -> tuple[np.ndarray, np.ndarray]:
+    """OLS with intercept of every symbol on one regressor x (T,), each on its own days.
+
+    With xg = x - c: Sxx_i = sum w xg^2 - (sum w xg)^2 / n_i and Sxy_i = sum xg * yc_i
+    (yc_i sums to zero, so the shift c drops out). Returns beta and r2 per symbol.
+    """
+    xg = _shifted(x, ~np.isnan(x))
+    w, n = response.weight, np.where(response.n > 0, response.n, 1.0)
+    sx = xg @ w
+    sxx = (xg * xg) @ w - sx * sx / n
+    sxy = xg @ response.centred
+    syy = response.sum_squares
     with np.errstate(divide="ignore", invalid="ignore"):
         beta = np.where(sxx > 0, sxy / sxx, np.nan)
-        r2 = np.where((sxx > 0) & (syy > 0), sxy * sxy / (sxx * syy), 0.0)
-    return beta, r2, n
+        r2 = np.where((sxx > 0) & (syy > 0), np.minimum(sxy * sxy / (sxx * syy), 1.0), 0.0)
+    return beta, r2
 
 
 def _ridge_standardised(
-    x: np.ndarray, y: np.ndarray, valid: np.ndarray, alpha: float
-) -> tuple[np.ndarray, ...]:
-    """Ridge with intercept on standardised regressors, every column of y at once.
+    x: np.ndarray, row_ok: np.ndarray, response: _Response, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge with intercept on standardised regressors (T, K), every symbol at once.
 
-    For symbol i with valid rows W_i, centred regressors Xc_i and response yc_i and population
-    variances s2_i: (Xc_i'Xc_i + alpha*diag(s2_i)) beta_i = Xc_i'yc_i, which is scikit-learn's
-    Ridge on StandardScaler output with the coefficients divided back by the scale.
+    For symbol i with valid days, centred Gram matrix G_i, cross-products b_i and population
+    variances s2_i = diag(G_i)/n_i: (G_i + alpha*diag(s2_i)) beta_i = b_i, which is
+    scikit-learn's Ridge on StandardScaler output with the coefficients divided back by the
+    scale. The K*K Gram entries of all symbols come from one (K*K, T) x (T, N) product, the
+    systems are solved in one batched call.
     """
-    w = valid.astype(np.float64).T  # (N, T)
-    n = w.sum(axis=1)
-    safe_n = np.where(n > 0, n, 1.0)
-    mean_x = (w @ x) / safe_n[:, None]  # (N, K)
-    xc = (x[None, :, :] - mean_x[:, None, :]) * w[:, :, None]  # (N, T, K)
-    y_rows = np.where(valid, y, 0.0).T  # (N, T)
-    yc = (y_rows - (y_rows.sum(axis=1) / safe_n)[:, None]) * w
-    gram = np.matmul(xc.transpose(0, 2, 1), xc)  # (N, K, K)
-    xty = np.matmul(xc.transpose(0, 2, 1), yc[:, :, None])  # (N, K, 1)
-    variance = np.diagonal(gram, axis1=1, axis2=2) / safe_n[:, None]
+    t, k = x.shape
+    xg = _shifted(x, row_ok)
+    w = response.weight
+    n = np.where(response.n > 0, response.n, 1.0)
+    sx = (xg.T @ w).T  # (N, K)
+    outer = (xg[:, :, None] * xg[:, None, :]).reshape(t, k * k)
+    gram = (outer.T @ w).T.reshape(-1, k, k) - sx[:, :, None] * sx[:, None, :] / n[:, None, None]
+    xty = (xg.T @ response.centred).T  # (N, K)
+    variance = np.diagonal(gram, axis1=1, axis2=2) / n[:, None]
     variance = np.where(variance > 0, variance, 1.0)  # StandardScaler leaves constant columns as is
-    k = x.shape[1]
     system = gram + alpha * variance[:, :, None] * np.eye(k)[None, :, :]
-    beta = np.linalg.solve(system, xty)[:, :, 0]
-    resid = yc - np.matmul(xc, beta[:, :, None])[:, :, 0] * w
-    ss_res = np.einsum("nt,nt->n", resid, resid)
-    ss_tot = np.einsum("nt,nt->n", yc, yc)
+    beta = np.linalg.solve(system, xty[:, :, None])[:, :, 0]
+    ss_tot = response.sum_squares
+    ss_res = (
+        ss_tot
+        - 2.0 * np.einsum("nk,nk->n", beta, xty)
+        + np.einsum("nk,nkl,nl->n", beta, gram, beta)
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, 0.0)
-    return beta, r2, n
+    return beta, r2
 
 
-def _fit_model(model: FactorModel, window: pd.DataFrame, y: np.ndarray) -> _Fit | None:
-    needed = {etf for r in model.regressors for etf in r.etfs}
-    if not needed <= set(window.columns):
+def _fit_model(model: FactorModel, etf: dict[str, np.ndarray], y: np.ndarray) -> _Fit | None:
+    """Fit one model on the last ``model.window`` rows; ``etf`` maps ETF -> its return column."""
+    needed = {name for r in model.regressors for name in r.etfs}
+    if not needed <= set(etf):
         return None
+    rows = slice(y.shape[0] - min(model.window, y.shape[0]), None)
+    y = y[rows]
     symbol_present = ~np.isnan(y)
+    responses: dict[bytes, _Response] = {}  # regressors with the same usable rows share one
+
+    def response_for(row_ok: np.ndarray) -> _Response:
+        key = row_ok.tobytes()
+        if key not in responses:
+            responses[key] = _Response.of(y, symbol_present & row_ok[:, None])
+        return responses[key]
+
     if model.method == "ols":
         betas, r2s, ns = [], [], []
         for reg in model.regressors:  # one univariate fit per regressor, all symbols at once
-            x = window[reg.long].to_numpy(np.float64)
+            x = etf[reg.long][rows]
             if reg.short is not None:
-                x = x - window[reg.short].to_numpy(np.float64)
-            valid = symbol_present & ~np.isnan(x)[:, None]
-            beta, r2, n = _ols_univariate(x, y, valid)
+                x = x - etf[reg.short][rows]
+            response = response_for(~np.isnan(x))
+            beta, r2 = _ols_univariate(x, response)
             betas.append(beta)
             r2s.append(r2)
-            ns.append(n)
+            ns.append(response.n)
         return _Fit(np.column_stack(betas), np.column_stack(r2s), np.column_stack(ns))
-    x = window[[r.long for r in model.regressors]].to_numpy(np.float64)
+    x = np.column_stack([etf[r.long][rows] for r in model.regressors])
     row_ok = ~np.isnan(x).any(axis=1)
-    valid = symbol_present & row_ok[:, None]
-    x = np.where(row_ok[:, None], x, 0.0)
-    beta, r2, n = _ridge_standardised(x, y, valid, model.alpha)
+    response = response_for(row_ok)
+    beta, r2 = _ridge_standardised(x, row_ok, response, model.alpha)
     k = len(model.regressors)
+    n = response.n
     return _Fit(beta, np.repeat(r2[:, None], k, axis=1), np.repeat(n[:, None], k, axis=1))
 
 
@@ -232,11 +280,16 @@ def compute_exposures(
     symbols = list(returns.columns) if symbols is None else list(symbols)
     longest = max(m.window for m in models)
     frame = _window(returns, as_of, longest)
-    y_all = frame.reindex(columns=symbols).to_numpy(np.float64)
+    values = frame.to_numpy(np.float64)  # one conversion; everything below is numpy
+    position = frame.columns.get_indexer(symbols)
+    y_all = np.full((len(frame), len(symbols)), np.nan)
+    y_all[:, position >= 0] = values[:, position[position >= 0]]
+    etf_position = frame.columns.get_indexer(list(FACTOR_ETFS))
+    etf = {e: values[:, i] for e, i in zip(FACTOR_ETFS, etf_position, strict=True) if i >= 0}
+    symbol_names = np.asarray(symbols, dtype=object)
     pieces = []
     for model in models:
-        window = frame.iloc[-model.window :]
-        fit = _fit_model(model, window, y_all[-len(window) :])
+        fit = _fit_model(model, etf, y_all)
         if fit is None:
             continue
         n_obs = fit.n_obs.astype(np.int64)
@@ -246,7 +299,7 @@ def compute_exposures(
         pieces.append(
             pd.DataFrame(
                 {
-                    "symbol": np.asarray(symbols, dtype=object)[sym_idx],
+                    "symbol": symbol_names[sym_idx],
                     "factor": factor_names[fac_idx],
                     "beta": np.clip(fit.beta[keep], -BETA_CAP, BETA_CAP),
                     "r2": fit.r2[keep],
