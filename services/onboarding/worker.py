@@ -27,7 +27,7 @@ from libs.common.db import raw_connection, session_scope
 from libs.common.events import SymbolOnboardCompleted, SymbolOnboardRequested
 from libs.common.factors import FACTOR_ETFS, FACTOR_MODELS, compute_exposures, daily_returns
 from libs.common.jobs import FAILED as JOB_FAILED
-from libs.common.jobs import JobAlreadyRunning
+from libs.common.jobs import Job, JobAlreadyRunning
 from libs.common.market_data.base import MarketDataProvider, Profile
 from libs.common.service import ServiceContext
 from services.onboarding import store
@@ -94,7 +94,7 @@ class OnboardingWorker:
         beat.cancel()
         await self._announce(symbol, outcome.status, outcome.reason, message)
 
-    async def _heartbeat(self, job) -> None:
+    async def _heartbeat(self, job: Job) -> None:
         while True:
             await asyncio.sleep(self.ctx.settings.job_heartbeat_seconds)
             try:
@@ -107,7 +107,7 @@ class OnboardingWorker:
         await self.ctx.publish(SymbolOnboardCompleted(
             symbol=symbol, status=status, reason=reason, correlation_id=message.correlation_id))
 
-    async def _onboard(self, symbol: str, job) -> FetchOutcome:
+    async def _onboard(self, symbol: str, job: Job) -> FetchOutcome:
         async with session_scope(self.ctx.database_url) as session:
             if not await store.mark_symbol_running(session, symbol):
                 state = await store.symbol_status(session, symbol)

@@ -103,7 +103,16 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
     "/portfolios",
     status_code=201,
     response_model=UploadResponse,
-    responses={422: {"model": ErrorResponse, "description": (
+    responses={201: {"description": "Stored; onboarding started.", "links": {
+        name: {"operationRef": "#/paths/" + path.replace("/", "~1") + "/get",
+               "parameters": {"portfolio_id": "$response.body#/portfolio_id"}}
+        for name, path in (
+            ("OnboardingStatus", "/api/v1/onboarding/status/{portfolio_id}"),
+            ("Portfolio", "/api/v1/portfolios/{portfolio_id}"),
+            ("Snapshots", "/api/v1/portfolios/{portfolio_id}/snapshots"),
+            ("Positions", "/api/v1/portfolios/{portfolio_id}/positions"),
+            ("FactorExposures", "/api/v1/portfolios/{portfolio_id}/factor-exposures"))}},
+               422: {"model": ErrorResponse, "description": (
         "The file or form was rejected. `errors` lists every problem as {row, column, "
         "message}; `row` is the line number in the file as an editor shows it (comments and "
         "header count). Nothing was saved.")}},
@@ -165,7 +174,7 @@ class FinishedStatusCache:
     running onboarding is always read from the database.
     """
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
         self._bodies: dict[tuple[uuid.UUID, uuid.UUID], bytes] = {}
 
