@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from libs.common import bus
+from libs.common import bus, calendar
 from libs.common.db import asyncpg_dsn
 from libs.common.events import BatchNightlyRequested, SymbolBatchCompleted
 from libs.common.factors import ALL_FACTORS, FACTOR_ETFS
@@ -324,10 +324,11 @@ async def test_kill_during_factor_phase_then_restart_completes_without_duplicate
     url = settings.database_url
     synthetic = [f"Z{i:04d}" for i in range(600)]
     await seed_universe(url, [*PUBLIC, *synthetic])
-    watermark, target = D(2025, 9, 30), D(2025, 11, 11)
+    watermark, target = D(2025, 8, 14), D(2025, 11, 11)
     await set_watermark(url, watermark)
-    env = dict(service_env, SIGMABATCH_MAX_BACKFILL_DAYS="60")
-    expected_dates = 30  # sessions Oct 1 .. Nov 11, 2025
+    # Enough dates that phase 3 lasts seconds, so the kill lands inside it.
+    expected_dates = len(calendar.sessions_between(D(2025, 8, 15), target))
+    env = dict(service_env, SIGMABATCH_MAX_BACKFILL_DAYS=str(expected_dates + 10))
 
     async def in_factor_phase():
         rows = await sql(
@@ -363,7 +364,6 @@ async def test_kill_during_factor_phase_then_restart_completes_without_duplicate
     finally:
         second.terminate()
     jobs = await jobs_of(url)
-    print("dates at kill", done_at_kill, jobs[0]["result"])
     assert len(jobs) == 1 and jobs[0]["attempts"] == 2  # the same job, taken over
     counts = await sql(
         url,
