@@ -381,3 +381,31 @@ async def test_kill_during_factor_phase_then_restart_completes_without_duplicate
         url, "SELECT count(*) - count(DISTINCT (symbol, date)) AS n FROM market_data_cache"
     )
     assert prices[0]["n"] == 0
+
+
+async def test_factor_definitions_seed_is_idempotent_and_converges(database_url):
+    from libs.common.db import dispose_engines, session_scope
+    from libs.common.factor_definitions import factor_definitions, seed_factor_definitions
+
+    await sql(
+        database_url,
+        "INSERT INTO factor_definitions (name, display_name, kind, method, regressor, "
+        "window_days, min_obs) VALUES ('market', 'stale name', 'market', 'ols', 'SPY', 60, 20)",
+    )
+    try:
+        for _ in range(2):
+            async with session_scope(database_url) as session:
+                await seed_factor_definitions(session)
+    finally:
+        await dispose_engines()
+    rows = await sql(database_url, "SELECT * FROM factor_definitions ORDER BY sort_order")
+    expected = factor_definitions()
+    assert [r["name"] for r in rows] == [d.name for d in expected] == list(ALL_FACTORS)
+    market = next(r for r in rows if r["name"] == "market")
+    assert (market["display_name"], market["window_days"], market["min_obs"]) == (
+        "Market Beta",
+        90,
+        30,
+    )
+    spread = next(r for r in rows if r["name"] == "growth_value_spread")
+    assert (spread["method"], spread["regressor"], spread["window_days"]) == ("ols", "VUG-VTV", 180)

@@ -177,7 +177,7 @@ class YFinanceProvider:
     def __init__(
         self,
         rate_per_second: float = 2.0,
-        chunk_size: int = 50,
+        chunk_size: int = 100,
         attempts: int = 4,
     ) -> None:
         self.limiter = RateLimiter(rate_per_second)
