@@ -40,6 +40,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 BATCH_TIMEOUT_SECONDS = 600.0
 ONBOARDING_TIMEOUT_SECONDS = 300.0
 POLL_SECONDS = 0.25
+EXPOSURE_GRACE_SECONDS = 10.0
 
 T = TypeVar("T")
 
@@ -296,6 +297,8 @@ class Demo:
     async def wait_snapshots(self, portfolios: dict[str, str], day: dt.date) -> None:
         ids = [uuid.UUID(p) for p in portfolios.values()]
 
+        complete_since: list[float] = []
+
         async def all_there() -> bool | None:
             rows = await self.fetch(
                 """
@@ -303,17 +306,30 @@ class Demo:
                        count(*) FILTER (WHERE EXISTS (
                            SELECT 1 FROM factor_exposures f
                            WHERE f.portfolio_id = s.portfolio_id
-                             AND f.calculation_date = s.snapshot_date)) AS exposed
+                             AND f.calculation_date = s.snapshot_date)) AS exposed,
+                       coalesce(sum(s.position_count), 0) AS positions_valued
                 FROM portfolio_snapshots s
                 WHERE s.portfolio_id = ANY(:ids) AND s.snapshot_date = :d
                 """,
                 ids=ids,
                 d=day,
             )
-            ready = rows[0]["snapshots"] == len(ids) and rows[0]["exposed"] == len(ids)
-            if not ready:
-                await self.raise_on_dead_letters()
-            return True if ready else None
+            counts = rows[0]
+            if counts["snapshots"] == len(ids) and counts["exposed"] == len(ids):
+                return True
+            await self.raise_on_dead_letters()
+            if counts["snapshots"] == len(ids):
+                # Exposures commit with their snapshot: complete snapshots without them will
+                # stay so (every example holds public positions, so each must have some).
+                complete_since.append(time.monotonic())
+                if complete_since[-1] - complete_since[0] > EXPOSURE_GRACE_SECONDS:
+                    raise DemoFailed(
+                        f"the snapshots of {day} are complete but {len(ids) - counts['exposed']} "
+                        f"of {len(ids)} portfolios have no factor exposures "
+                        f"({counts['positions_valued']} positions valued in all). "
+                        + self._failures_hint()
+                    )
+            return None
 
         await _poll(
             f"snapshots and factor exposures of {day} for {len(ids)} portfolios",
