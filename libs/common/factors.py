@@ -160,9 +160,10 @@ class _Response:
     def of(cls, y: np.ndarray, valid: np.ndarray) -> _Response:
         weight = valid.astype(np.float64)
         n = weight.sum(axis=0)
-        y0 = np.where(valid, y, 0.0)
-        mean = y0.sum(axis=0) / np.where(n > 0, n, 1.0)
-        return cls(weight, n, (y0 - mean) * weight)
+        centred = np.where(valid, y, 0.0)
+        centred -= centred.sum(axis=0) / np.where(n > 0, n, 1.0)
+        centred *= weight
+        return cls(weight, n, centred)
 
     @cached_property
     def sum_squares(self) -> np.ndarray:
@@ -227,20 +228,28 @@ def _ridge_standardised(
     return beta, r2
 
 
-def _fit_model(model: FactorModel, etf: dict[str, np.ndarray], y: np.ndarray) -> _Fit | None:
-    """Fit one model on the last ``model.window`` rows; ``etf`` maps ETF -> its return column."""
+def _fit_model(
+    model: FactorModel,
+    etf: dict[str, np.ndarray],
+    y: np.ndarray,
+    responses: dict[tuple[int, bytes], _Response],
+) -> _Fit | None:
+    """Fit one model on the last ``model.window`` rows; ``etf`` maps ETF -> its return column.
+
+    ``responses`` is shared by the models of one date: fits over the same rows (market, rates
+    and styles use the same 90 sessions) centre the symbols' returns once.
+    """
     needed = {name for r in model.regressors for name in r.etfs}
     if not needed <= set(etf):
         return None
-    rows = slice(y.shape[0] - min(model.window, y.shape[0]), None)
+    length = min(model.window, y.shape[0])
+    rows = slice(y.shape[0] - length, None)
     y = y[rows]
-    symbol_present = ~np.isnan(y)
-    responses: dict[bytes, _Response] = {}  # regressors with the same usable rows share one
 
     def response_for(row_ok: np.ndarray) -> _Response:
-        key = row_ok.tobytes()
+        key = (length, row_ok.tobytes())
         if key not in responses:
-            responses[key] = _Response.of(y, symbol_present & row_ok[:, None])
+            responses[key] = _Response.of(y, ~np.isnan(y) & row_ok[:, None])
         return responses[key]
 
     if model.method == "ols":
@@ -288,8 +297,9 @@ def compute_exposures(
     etf = {e: values[:, i] for e, i in zip(FACTOR_ETFS, etf_position, strict=True) if i >= 0}
     symbol_names = np.asarray(symbols, dtype=object)
     pieces = []
+    responses: dict[tuple[int, bytes], _Response] = {}
     for model in models:
-        fit = _fit_model(model, etf, y_all)
+        fit = _fit_model(model, etf, y_all, responses)
         if fit is None:
             continue
         n_obs = fit.n_obs.astype(np.int64)
