@@ -426,6 +426,31 @@ async def test_two_replicas_share_a_date_and_make_each_snapshot_once(
     assert len(events) == 1 and events[0]["portfolios_total"] == len(ids)
 
 
+async def test_backfilled_dates_arriving_together_roll_in_order(
+    ctx: ServiceContext, database_url: str, refresh_env: dict[str, str]
+) -> None:
+    ids = await seed_synthetic(database_url, 200)
+    dates = DAYS[:5]
+    replicas = [ServiceProcess("portfolio_refresh", refresh_env, replica=i) for i in range(2)]
+    for r in replicas:
+        r.start()
+    try:
+        for day in reversed(dates):  # even out of order: each snapshot rolls from the one before
+            await ctx.publish(batch_event(day))
+        for day in dates:
+            await wait_for(lambda d=day: _equals(complete_count(database_url, d), len(ids)),
+                           timeout=120)
+    finally:
+        for r in replicas:
+            r.kill()
+    concurrent = await table_digest(database_url)
+    await clear_outputs(database_url)
+    for day in dates:
+        await refresh_portfolios(database_url, day, ids, PARAMS)
+    await dispose_engines()
+    assert await table_digest(database_url) == concurrent
+
+
 # --------------------------------------------------------------------------- fixtures e2e
 
 FIXTURE_DAY = dt.date(2026, 11, 24)

@@ -28,10 +28,13 @@ Why nothing is done twice, or half:
   once; a dead worker's job is reclaimed once its heartbeat is stale.
 
 Dates in order: before D, a chunk first brings its portfolios through every batch date
-between their latest complete snapshot and D (`symbol_batch_dates`), oldest first, so a
-snapshot always rolls from the one before it even when backfilled dates arrive together or
-race across replicas; a date with no batch is simply a gap, rolled over from the latest
-earlier snapshot. The chunk whose commit leaves no planned portfolio of D without a
+(`symbol_batch_dates`) they lack, oldest first: from their latest complete snapshot, or for
+a portfolio with none from its first entry date (bounded by max_backfill_days). So a snapshot
+always rolls from the one before it even when backfilled dates arrive together, out of
+order, or race across replicas (a concurrent claimer of the same earlier slot waits on its
+row lock, then sees it complete); a date with no batch is simply a gap, rolled over from the
+latest earlier snapshot. The batch never writes a snapshot under a later complete one
+(that would count the P&L between them twice). The chunk whose commit leaves no planned portfolio of D without a
 snapshot publishes `portfolio.refresh.completed` (its Nats-Msg-Id dedups a concurrent
 repeat).
 
@@ -113,13 +116,13 @@ async def refresh_date(
     params: pnl.PricingParams,
     *,
     skip_if_later: bool,
-    require_previous: bool = False,
+    require_holdings: bool = True,
 ) -> DateOutcome:
     """Claim, compute, write and complete the slots of `portfolio_ids` on `day` atomically."""
     async with session_scope(database_url) as session:
         conn = await raw_connection(session)
         claimed = await repo.claim_slots(
-            conn, day, portfolio_ids, skip_if_later=skip_if_later, require_previous=require_previous
+            conn, day, portfolio_ids, skip_if_later=skip_if_later, require_holdings=require_holdings
         )
         if not claimed:
             return DateOutcome(day, 0, 0)
@@ -145,26 +148,37 @@ async def refresh_portfolios(
     params: pnl.PricingParams,
     *,
     explicit: bool = False,
+    max_backfill: int = 30,
 ) -> list[DateOutcome]:
-    """Bring `portfolio_ids` through every missed batch date up to `day`, oldest first.
+    """Bring `portfolio_ids` through every batch date up to `day` they lack, oldest first.
 
-    `explicit` (a request for one portfolio and date) makes the snapshot even when a later
-    one exists; the batch fan-out never writes under a later snapshot.
+    A portfolio rolls from its latest complete snapshot; one with none starts at the first
+    batch date on or after its first entry (at most `max_backfill` dates back), so dates
+    processed out of order or concurrently still chain correctly. `explicit` (one portfolio
+    asked for at one date: onboarding's first snapshot, a manual refresh) makes that snapshot
+    even under a later one and does not backfill a portfolio that has none yet.
     """
     async with session_scope(database_url) as session:
         conn = await raw_connection(session)
         latest = await repo.latest_complete_dates(conn, portfolio_ids, day)
+        starts = [d + dt.timedelta(days=1) for d in latest.values()]
+        if not explicit:
+            firsts = await repo.first_entry_dates(conn, portfolio_ids)
+            starts += [d for p, d in firsts.items() if p not in latest and d < day]
         catch_up = (
-            await repo.batch_dates_between(conn, min(latest.values()), day) if latest else []
+            await repo.batch_dates_between(conn, min(starts) - dt.timedelta(days=1), day)
+            if starts
+            else []
         )
     outcomes = [
-        await refresh_date(
-            database_url, d, portfolio_ids, params, skip_if_later=True, require_previous=True
-        )
-        for d in catch_up
+        await refresh_date(database_url, d, portfolio_ids, params, skip_if_later=True)
+        for d in catch_up[-max_backfill:]
     ]
     outcomes.append(
-        await refresh_date(database_url, day, portfolio_ids, params, skip_if_later=not explicit)
+        await refresh_date(
+            database_url, day, portfolio_ids, params,
+            skip_if_later=not explicit, require_holdings=not explicit,
+        )
     )
     return outcomes
 
@@ -230,7 +244,8 @@ class RefreshHandlers:
                 JOB_CHUNK, key, correlation_id=command.correlation_id
             ) as job:
                 outcomes = await refresh_portfolios(
-                    self.ctx.database_url, day, command.portfolio_ids, self.params
+                    self.ctx.database_url, day, command.portfolio_ids, self.params,
+                    max_backfill=self.ctx.settings.max_backfill_days,
                 )
                 await self.ctx.jobs.finish(
                     job,
@@ -268,7 +283,8 @@ class RefreshHandlers:
                 JOB_REQUEST, key, correlation_id=command.correlation_id
             ) as job:
                 outcomes = await refresh_portfolios(
-                    self.ctx.database_url, day, [command.portfolio_id], self.params, explicit=True
+                    self.ctx.database_url, day, [command.portfolio_id], self.params,
+                    explicit=True, max_backfill=self.ctx.settings.max_backfill_days,
                 )
                 await self.ctx.jobs.finish(
                     job,

@@ -100,6 +100,17 @@ async def latest_complete_dates(
     return {r["portfolio_id"]: r["last"] for r in rows}
 
 
+async def first_entry_dates(
+    conn: asyncpg.Connection, portfolio_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dt.date]:
+    rows = await conn.fetch(
+        "SELECT portfolio_id, min(entry_date) AS first FROM positions "
+        "WHERE portfolio_id = ANY($1::uuid[]) GROUP BY portfolio_id",
+        list(portfolio_ids),
+    )
+    return {r["portfolio_id"]: r["first"] for r in rows}
+
+
 async def batch_dates_between(
     conn: asyncpg.Connection, after: dt.date, before: dt.date
 ) -> list[dt.date]:
@@ -136,7 +147,7 @@ async def claim_slots(
     portfolio_ids: Sequence[uuid.UUID],
     *,
     skip_if_later: bool,
-    require_previous: bool = False,
+    require_holdings: bool = True,
 ) -> list[uuid.UUID]:
     """Claim the (portfolio, day) slots of this transaction; returns the ones it owns.
 
@@ -155,8 +166,7 @@ async def claim_slots(
                 SELECT 1 FROM portfolio_snapshots l
                 WHERE l.portfolio_id = p.id AND l.snapshot_date > $2 AND l.is_complete))
           AND (NOT $4 OR EXISTS (
-                SELECT 1 FROM portfolio_snapshots e
-                WHERE e.portfolio_id = p.id AND e.snapshot_date < $2 AND e.is_complete))
+                SELECT 1 FROM positions x WHERE x.portfolio_id = p.id AND x.entry_date <= $2))
         ORDER BY p.id
         ON CONFLICT (portfolio_id, snapshot_date)
         DO UPDATE SET claimed_at = now() WHERE s.is_complete = false
@@ -165,7 +175,7 @@ async def claim_slots(
         list(portfolio_ids),
         day,
         skip_if_later,
-        require_previous,
+        require_holdings,
     )
     return sorted(r["portfolio_id"] for r in rows)
 
