@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from sigmabatch.cli import build_parser, format_table
-from sigmabatch.demo import BackfillPlan, demo_universe, plan_backfill
+from sigmabatch.demo import DEMO_BACKFILL_SESSIONS, BackfillPlan, demo_universe, plan_backfill
 from sigmabatch.supervisor import restart_delay
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -343,6 +343,29 @@ def test_migrate_without_a_running_system_uses_the_embedded_postgres(tmp_path: P
     assert "database at revision" in result.stdout
     postmaster = tmp_path / "postgres" / "pgdata" / "postmaster.pid"
     assert not postmaster.exists()  # started for the command, stopped after it
+
+
+def test_demo_runs_the_whole_cycle_then_reuses_its_data(tmp_path: Path) -> None:
+    """A newcomer's first command, twice: the second run finds the watermark and portfolios."""
+    data_dir = tmp_path / "demo"
+    first = run_cli("demo", "--data-dir", str(data_dir), "--port", "0", timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    summary = first.stdout
+    assert "sigmabatch demo summary" in summary
+    assert f"Dates processed   {DEMO_BACKFILL_SESSIONS + 1} trading days" in summary
+    assert "Portfolios        3" in summary
+    for name in ("balanced-retirement", "tech-focused-professional"):
+        row = next(line for line in summary.splitlines() if line.strip().startswith(name))
+        assert (
+            row.split()[-2 if row.split()[-1] in ("stale", "model", "stale,model") else -1] == "12"
+        )
+    assert "symbol_batch             factors" in summary  # time per phase from the job rows
+
+    second = run_cli("demo", "--data-dir", str(data_dir), "--port", "0", timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "already uploaded" in second.stdout and "nothing to backfill" in second.stdout
+    assert f"Dates processed   {DEMO_BACKFILL_SESSIONS + 1} trading days" in second.stdout
+    assert not (data_dir / "runtime.json").exists()
 
 
 # -- deployment files ----------------------------------------------------------------------
