@@ -227,10 +227,17 @@ async def gather_status(database_url: str, nats_url: str | None) -> dict[str, An
             recent = await session.execute(
                 text(
                     f"SELECT {columns} FROM batch_run_history WHERE status <> 'running' "
-                    "ORDER BY coalesce(finished_at, started_at) DESC LIMIT 15"
+                    "ORDER BY coalesce(finished_at, started_at) DESC LIMIT 10"
                 )
             )
             status["recent"] = [dict(r) for r in recent.mappings()]
+            latest = await session.execute(
+                text(
+                    f"SELECT DISTINCT ON (job_type) {columns} FROM batch_run_history "
+                    "ORDER BY job_type, started_at DESC"
+                )
+            )
+            status["latest_per_type"] = [dict(r) for r in latest.mappings()]
             counts = await session.execute(
                 text(
                     "SELECT status, count(*) AS n FROM batch_run_history "
@@ -306,6 +313,9 @@ def render_status(status: dict[str, Any]) -> str:
         "",
         "Running jobs:",
         format_table(job_rows(status["running"]), job_columns),
+        "",
+        "Latest job of each type:",
+        format_table(job_rows(status["latest_per_type"]), job_columns),
         "",
         "Recent jobs:",
         format_table(job_rows(status["recent"]), job_columns),

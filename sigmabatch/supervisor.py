@@ -241,6 +241,9 @@ class Supervisor:
             # In this thread: the parent-death signal is tied to the thread that forks.
             self.nats = EmbeddedNats(self.data_dir / "nats")
             self.nats_url = self.nats.start()
+        # Import the migration code (alembic, the models) while PostgreSQL initialises.
+        await self._in_thread(importlib.import_module, "libs.common.models")
+        await self._in_thread(importlib.import_module, "libs.common.migrate")
         if postgres_start is not None:
             self.database_url = await postgres_start
         log.info("NATS %s, PostgreSQL %s", self.nats_url, self.database_url)

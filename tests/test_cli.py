@@ -266,7 +266,7 @@ def test_operator_commands_find_the_running_system(system: UpProcess) -> None:
     status = run_cli("status", "--json", "--data-dir", str(system.data_dir))
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert "watermark" in report and "running" in report and "recent" in report
+    assert {"watermark", "running", "recent", "latest_per_type"} <= set(report)
     streams = {s["stream"] for s in report["bus"]["streams"]}
     assert {"SIGMABATCH_JOBS", "SIGMABATCH_EVENTS"} <= streams
 
