@@ -294,3 +294,19 @@ async def test_auth_disabled_serves_a_local_admin(settings):
         trigger = await client.post("/api/v1/admin/batch/nightly")
     assert listing.status_code == 200 and listing.json() == []
     assert trigger.status_code == 202
+
+
+async def test_large_upload_is_stored_in_one_set_based_write(settings):
+    headers = await token_for(settings.database_url, "alice")
+    await seed_known_symbols(settings.database_url, ["AAPL", "MSFT"], days=10)
+    rows = [f"{('AAPL', 'MSFT')[i % 2]},{i + 1},{100 + i % 50}.25,2025-06-30,,,,,,,,"
+            for i in range(5000)]
+    async with api_client(settings) as client:
+        created = await client.post(UPLOAD, headers=headers, **upload_form(csv_bytes(*rows)))
+    assert created.status_code == 201, created.text
+    assert created.json()["positions_created"] == 5000
+    assert await count(settings.database_url, "positions") == 5000
+    async with session_scope(settings.database_url) as session:
+        last = (await session.execute(text(
+            "SELECT source_row, quantity FROM positions ORDER BY source_row DESC LIMIT 1"))).one()
+    assert (last.source_row, int(last.quantity)) == (5001, 5000)
