@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sigmabatch.supervisor import SERVICES, AlreadyRunning, running_runtime
+from sigmabatch.supervisor import SERVICES, AlreadyRunning, PortInUse, running_runtime
 
 log = logging.getLogger("sigmabatch")
 
@@ -386,7 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "up, then load the sample universe, backfill, upload examples, summarize"),
     ):
         sub = with_data_dir(commands.add_parser(name, help=helptext))
-        sub.add_argument("--port", type=int, default=None, help="API port (0 = a free port)")
+        sub.add_argument(
+            "--port",
+            type=int,
+            default=None,
+            help="API port (0 = a free port; default: $API_PORT or 8000 for up, free for demo)",
+        )
         sub.set_defaults(handler=cmd_up if name == "up" else cmd_demo)
         if name == "demo":
             sub.add_argument(
@@ -443,10 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(getattr(args, "data_dir", None), Path):
         args.data_dir = args.data_dir.resolve()
     if getattr(args, "port", "unset") is None:
-        args.port = _settings().api_port
+        # `demo` runs and exits: a free port spares a newcomer a clash with anything on 8000.
+        args.port = 0 if args.command == "demo" else _settings().api_port
     try:
         return args.handler(args)
-    except (CommandError, AlreadyRunning) as exc:
+    except (CommandError, AlreadyRunning, PortInUse) as exc:
         print(f"sigmabatch: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

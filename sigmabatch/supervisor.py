@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -58,6 +59,19 @@ class AlreadyRunning(RuntimeError):
             f"sigmabatch is already running on {data_dir} (supervisor pid {pid}, API {api}). "
             f"Stop it first (Ctrl-C in its terminal, or `kill {pid}`), or use another --data-dir."
         )
+
+
+class PortInUse(RuntimeError):
+    """The API port asked for is taken."""
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def restart_delay(consecutive_failures: int) -> float:
@@ -229,6 +243,13 @@ class Supervisor:
         self.started_at = time.monotonic()
         if self._lock_handle is None:
             self.acquire()
+        if self.api_port == 0:
+            self.api_port = free_port()
+        elif not port_is_free(self.api_port):
+            raise PortInUse(
+                f"port {self.api_port} is already in use on 127.0.0.1: pass --port 0 for a free "
+                "port, or another --port"
+            )
         postgres_start = None
         if settings.database_url:
             self.database_url = settings.database_url
@@ -253,8 +274,6 @@ class Supervisor:
         await self._in_thread(upgrade, self.database_url)
         log.info("database migrated")
 
-        if self.api_port == 0:
-            self.api_port = free_port()
         names = available_services(self.services)
         missing = sorted(set(self.services) - set(names))
         if missing:

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -204,6 +205,17 @@ def test_format_table_aligns_columns() -> None:
 
 
 # -- real processes ------------------------------------------------------------------------
+
+
+def test_up_on_a_taken_port_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("up", "--data-dir", str(tmp_path), "--port", str(port), timeout=60)
+    assert result.returncode == 1
+    assert f"port {port} is already in use" in result.stderr
+    assert not (tmp_path / "postgres").exists() and not (tmp_path / "runtime.json").exists()
 
 
 def test_service_verb_execs_the_service_which_says_what_is_missing() -> None:
