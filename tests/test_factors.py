@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
@@ -181,3 +183,24 @@ def test_daily_returns_never_bridge_a_gap():
     r = fx.daily_returns(prices)["A"].to_numpy()
     assert np.isnan(r[:3]).all()
     assert r[3] == pytest.approx(0.1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    slope=st.floats(-6.0, 6.0, allow_nan=False),
+    intercept=st.floats(-0.01, 0.01, allow_nan=False),
+    holes=st.integers(0, 50),
+)
+def test_an_exact_linear_symbol_gets_its_slope_capped_with_r2_one(
+    returns, as_of, slope, intercept, holes
+):
+    frame = returns[list(fx.FACTOR_ETFS)].copy()
+    y = intercept + slope * frame["SPY"]
+    y.iloc[-1 - holes : -1 : 3] = np.nan  # some holes inside the window
+    frame["LINEAR"] = y
+    out = fx.compute_exposures(frame, as_of, symbols=["LINEAR"])
+    market = _row(out, "LINEAR", "market")
+    assert market.beta == pytest.approx(np.clip(slope, -5, 5), abs=1e-9)
+    if abs(slope) > 1e-6:
+        assert market.r2 == pytest.approx(1.0, abs=1e-9)
+    assert market.n_obs == 90 - len(range(0, holes, 3))  # the holes all fall in the window
