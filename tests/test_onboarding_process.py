@@ -120,3 +120,44 @@ async def test_kill_9_of_the_worker_mid_symbol_still_completes(settings, service
             "SELECT status, attempts FROM batch_run_history "
             "WHERE job_type = 'symbol_onboard' AND job_key = 'ZZKIL'"))).all()
     assert [tuple(j) for j in jobs] == [("completed", 2)]  # reclaimed, not duplicated
+
+
+async def test_requests_made_while_onboarding_is_down_and_sigterm_mid_symbol(
+        settings, service_env, tmp_path):
+    """Uploads while the service is down wait in JetStream; SIGTERM mid-symbol hands it on."""
+    headers = await token_for(settings.database_url, "alice")
+    await seed_known_symbols(settings.database_url, ["AAPL"])
+    record = tmp_path / "calls.txt"
+    env = {**service_env, "TEST_RECORD_FILE": str(record), "TEST_SLOW_SYMBOLS": "ZZOFF",
+           "TEST_FETCH_DELAY": "120"}
+    refresh = ServiceProcess("portfolio_refresh", service_env).start()
+    first = second = None
+    try:
+        async with api_client(settings) as client:
+            created = await client.post("/api/v1/portfolios", headers=headers, files={
+                "file": ("p.csv", csv_bytes(*stock_rows(["AAPL", "ZZOFF"])))},
+                data={"name": "offline"})
+            pid = created.json()["portfolio_id"]
+            first = WorkerProcess("onboarding", env).start()  # started after the upload
+            deadline = time.monotonic() + 30
+            while _calls(record, "ZZOFF") == 0:
+                assert time.monotonic() < deadline, first.log()[-3000:]
+                await asyncio.sleep(0.05)
+            first.process.terminate()  # SIGTERM mid-fetch: the message is nak'ed on the way out
+            second = WorkerProcess("onboarding", {**env, "TEST_FETCH_DELAY": "0"},
+                                   replica=1).start()
+            final = (await poll_status(client, headers, pid, ("completed", "partial", "failed"),
+                                       timeout=90))[-1]
+            assert first.process.wait(timeout=60) is not None
+    finally:
+        for process in (first, second, refresh):
+            if process is not None:
+                process.kill()
+    assert final["status"] == "completed"
+    assert _calls(record, "ZZOFF") == 2
+    async with session_scope(settings.database_url) as session:
+        jobs = (await session.execute(text(
+            "SELECT status, error FROM batch_run_history "
+            "WHERE job_type = 'symbol_onboard' AND job_key = 'ZZOFF' ORDER BY started_at"))).all()
+    # The interrupted attempt released its job row on the way out; the next one finished.
+    assert [tuple(j) for j in jobs] == [("failed", "interrupted by shutdown"), ("completed", None)]

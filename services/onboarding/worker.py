@@ -12,6 +12,7 @@ just re-announces it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -88,6 +89,13 @@ class OnboardingWorker:
                     await store.settle_symbol(session, symbol, FAILED, outcome.reason)
                     await self.ctx.jobs.finish(job, JOB_FAILED, error=outcome.reason,
                                                session=session)
+        except asyncio.CancelledError:
+            beat.cancel()
+            # Shutdown (SIGTERM): release the job row so the redelivery starts at once instead
+            # of waiting for it to go stale; the bus naks the message.
+            with contextlib.suppress(Exception):
+                await self.ctx.jobs.finish(job, JOB_FAILED, error="interrupted by shutdown")
+            raise
         except BaseException:
             beat.cancel()
             raise
