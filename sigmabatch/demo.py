@@ -502,9 +502,12 @@ def _phase_table(rows: list[Any]) -> list[dict[str, Any]]:
 async def run_demo(data_dir: Path, api_port: int, examples_dir: Path | None = None) -> int:
     from libs.common.config import get_settings
 
-    examples = sorted((examples_dir or EXAMPLES_DIR).glob("*.csv"))
+    if examples_dir is None:
+        # The project's examples/ (an editable install or a checkout), else ./examples.
+        examples_dir = EXAMPLES_DIR if EXAMPLES_DIR.is_dir() else Path.cwd() / "examples"
+    examples = sorted(examples_dir.glob("*.csv"))
     if not examples:
-        raise DemoFailed(f"no example portfolios (*.csv) in {examples_dir or EXAMPLES_DIR}")
+        raise DemoFailed(f"no example portfolios (*.csv) in {examples_dir}: pass --examples DIR")
     settings = get_settings()
     supervisor = Supervisor(
         data_dir=data_dir,

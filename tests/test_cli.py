@@ -105,9 +105,9 @@ class UpProcess:
             pids.update(c.pid for c in psutil.Process(postgres).children(recursive=True))
         return pids
 
-    def stop(self) -> int:
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(sig)
             try:
                 return self.process.wait(60)
             except subprocess.TimeoutExpired:
@@ -345,7 +345,7 @@ def test_kill_9_of_up_then_up_again_finds_its_data(tmp_path: Path) -> None:
         )
         assert response.status_code == 200
     finally:
-        assert second.stop() == 0
+        assert second.stop(signal.SIGINT) == 0  # Ctrl-C
     assert gone(runtime["pids"]["postgres"])
 
 
