@@ -185,6 +185,7 @@ def test_option_formats_and_detection():
     assert private.investment_class is InvestmentClass.PRIVATE
     assert private.market_data_symbol is None
     assert cash.investment_class is InvestmentClass.PUBLIC and cash.market_data_symbol is None
+    assert cash.investment_subtype == "CASH"
     assert (stock.symbol, stock.market_data_symbol) == ("MSFT", "MSFT")
 
 
@@ -227,3 +228,10 @@ def test_byte_limit_is_checked_before_decoding():
 def test_today_is_the_earliest_time_zone_date():
     from datetime import UTC, datetime
     assert latest_allowed_date(datetime(2026, 11, 29, 11, 0, tzinfo=UTC)) == date(2026, 11, 30)
+
+
+def test_money_market_funds_are_detected_as_cash():
+    result = parse(csv_of("FZDXX,500,1.00,2024-01-01,,,,,,,,", "VMFXX,5,1.00,2024-01-01,,,,,,,,",
+                          "XLK,5,200.00,2024-01-01,,,,,,,,"))
+    assert [p.investment_subtype for p in result.positions] == ["CASH", "CASH", None]
+    assert [p.market_data_symbol for p in result.positions] == [None, None, "XLK"]

@@ -170,6 +170,12 @@ def is_non_market_symbol(symbol: str) -> bool:
     return "_" in upper or upper in CASH_SYMBOLS or any(m in upper for m in PRIVATE_MARKERS)
 
 
+def is_cash_symbol(symbol: str) -> bool:
+    """Cash and money-market sweep funds (SPAXX, VMFXX, ...): held at 1.00."""
+    upper = symbol.upper()
+    return upper in CASH_SYMBOLS or provider_exclusion(upper) == "cash or money market"
+
+
 def latest_allowed_date(now: datetime | None = None) -> date:
     """'Today' in the earliest time zone on Earth: later dates are in everyone's future."""
     return ((now or datetime.now(UTC)) + timedelta(hours=14)).date()
@@ -358,6 +364,8 @@ class _RowValidator:
             self.fail("Entry Date", f"Entry Date {entry_date} is in the future.")
 
         subtype = c["Investment Subtype"].upper() or None
+        if subtype is None and klass is InvestmentClass.PUBLIC and is_cash_symbol(symbol):
+            subtype = "CASH"  # detected: carried at its value, never priced by a provider
         if subtype and klass is not None and subtype not in VALID_SUBTYPES[klass]:
             allowed = VALID_SUBTYPES[klass]
             hint = difflib.get_close_matches(subtype, allowed, n=1)
