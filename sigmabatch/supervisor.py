@@ -359,6 +359,9 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             await child.spawn()
+            if self._stopping.is_set():  # a stop began while it was spawning
+                await child.stop(self.stop_grace)
+                return
             child.restarts += 1
             log.info("restarted %s (pid %s, restart #%d)", child.name, child.pid, child.restarts)
             self._write_runtime()
@@ -401,9 +404,13 @@ class Supervisor:
         if self.children:
             log.info("stopping services: %s", ", ".join(self.children))
         await asyncio.gather(*(child.stop(self.stop_grace) for child in self.children.values()))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The supervising tasks see the stop and return (one caught mid-restart stops the
+        # child it just spawned); cancel only what is still stuck after that.
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=self.stop_grace + 10)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         self.close_servers()
 
     def close_servers(self) -> None:
