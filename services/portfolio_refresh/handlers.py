@@ -67,6 +67,7 @@ from libs.common.events import (
 )
 from libs.common.exposures import ExposureResult, compute_exposures
 from libs.common.jobs import COMPLETED, JobAlreadyRunning
+from libs.common.service import ServiceContext
 from services.portfolio_refresh import repository as repo
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def plan_chunks(portfolio_ids: Sequence[uuid.UUID], chunk_size: int) -> list[lis
 class RefreshHandlers:
     """Thin adapters from bus messages to the core above (one instance per process)."""
 
-    def __init__(self, ctx) -> None:  # ctx: libs.common.service.ServiceContext
+    def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.params = pnl.PricingParams(risk_free_rate=ctx.settings.risk_free_rate)
         self.chunk_size = ctx.settings.refresh_chunk_size
