@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     max_backfill_days: int = Field(default=30, alias="SIGMABATCH_MAX_BACKFILL_DAYS")
     settle_delay_minutes: int = Field(default=60, alias="SIGMABATCH_SETTLE_DELAY_MINUTES")
     provider_rate_per_second: float = Field(default=5.0, alias="SIGMABATCH_PROVIDER_RATE")
+    # One provider call (a chunk of symbols) longer than this is abandoned and the chunk is
+    # retried symbol by symbol.
+    provider_timeout_seconds: float = Field(default=120.0, alias="SIGMABATCH_PROVIDER_TIMEOUT")
+    # Chaos testing only (see libs/common/market_data/faults.py).
+    provider_faults: str = Field(default="", alias="SIGMABATCH_PROVIDER_FAULTS")
     # Portfolio refresh: portfolios per fan-out chunk (one transaction each); the risk-free
     # rate of Black-Scholes model prices for options without a quote.
     refresh_chunk_size: int = Field(default=500, alias="SIGMABATCH_REFRESH_CHUNK_SIZE")

@@ -1,20 +1,28 @@
-"""Choose the market data provider from settings (MARKET_DATA_PROVIDER)."""
+"""Choose the market data provider from settings (MARKET_DATA_PROVIDER), always guarded."""
 
 from __future__ import annotations
 
 from libs.common.config import Settings, get_settings
 from libs.common.market_data.base import MarketDataProvider
+from libs.common.market_data.guarded import GuardedProvider
 
 
 def get_provider(settings: Settings | None = None) -> MarketDataProvider:
     settings = settings or get_settings()
+    inner: MarketDataProvider
     if settings.market_data_provider == "yfinance":
         from libs.common.market_data.yfinance_provider import YFinanceProvider
 
-        return YFinanceProvider(rate_per_second=settings.provider_rate_per_second)
-    from libs.common.market_data.sample import SampleProvider
+        inner = YFinanceProvider(rate_per_second=settings.provider_rate_per_second)
+    else:
+        from libs.common.market_data.sample import SampleProvider
 
-    return SampleProvider()
+        inner = SampleProvider()
+    if settings.provider_faults:
+        from libs.common.market_data.faults import FaultInjectingProvider, parse_faults
+
+        inner = FaultInjectingProvider(inner, parse_faults(settings.provider_faults))
+    return GuardedProvider(inner, call_timeout_seconds=settings.provider_timeout_seconds)
 
 
 # The name the onboarding service imports.
