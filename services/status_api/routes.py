@@ -126,6 +126,28 @@ async def create_portfolio(
     equity_balance: Annotated[str | None, Form(description=(
         "Starting equity. Default: the net entry value of the positions."))] = None,
 ):
+    """Store a portfolio from a CSV and start its onboarding.
+
+    Header (exact, first line that is not a `#` comment):
+    `Symbol,Quantity,Entry Price Per Share,Entry Date,Investment Class,Investment Subtype,`
+    `Underlying Symbol,Strike Price,Expiration Date,Option Type,Exit Date,Exit Price Per Share`
+
+    - UTF-8 (a BOM is fine), at most 2 MB and 10,000 positions; `#` lines are ignored.
+    - Quantity ≠ 0 (negative = short, ≤ 6 decimals); entry price > 0 (≤ 4 decimals), except
+      that an OPTIONS row may record a premium of 0; dates `YYYY-MM-DD`, not in the future;
+      an exit date comes after the entry date and with an exit price.
+    - Investment Class PUBLIC / OPTIONS / PRIVATE, or blank to detect it (OCC option
+      symbols, names with `_` or private markers, cash and money-market funds).
+    - Options need Underlying Symbol, Strike Price, Expiration Date and Option Type
+      (CALL/PUT); with a blank Symbol an OCC-style symbol is built.
+    - A row identical to an earlier one is a duplicate (two lots that differ are fine).
+
+    Any problem rejects the whole upload with 422 and every problem as `{row, column,
+    message}`, `row` being the line number in the file as an editor shows it; nothing is
+    saved. Otherwise 201: `completed` at once when every symbol was already known
+    (`v2_instant`), else `running` while new symbols are fetched (`v2_async`); poll
+    `/api/v1/onboarding/status/{portfolio_id}`.
+    """
     data = await _read_limited(file, MAX_UPLOAD_BYTES)
     state = request.app.state
     try:
