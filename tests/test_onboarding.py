@@ -21,6 +21,7 @@ from libs.common.events import (
     SymbolOnboardCompleted,
     SymbolOnboardRequested,
 )
+from libs.common.jobs import JobTracker
 from libs.common.market_data import get_provider
 from libs.common.service import ServiceContext
 from services.onboarding import store
@@ -72,7 +73,8 @@ async def onboarding_running(ctx: ServiceContext, provider, workers: int = 2,
     portfolio_refresh's request consumer (the real snapshot maker) unless `refresh=False`."""
     stop = asyncio.Event()
     worker = OnboardingWorker(ctx, provider)
-    coordinator = OnboardingCoordinator(ctx.database_url, ctx.publish)
+    coordinator = OnboardingCoordinator(ctx.database_url, ctx.publish, republish_after_seconds=0,
+                                        stale_after_seconds=ctx.settings.job_stale_after_seconds)
     worker_spec = ctx.consumer("onboarding-worker", SymbolOnboardRequested, JOB_TYPE)
     coordinator_spec = ctx.consumer("onboarding-coordinator", SymbolOnboardCompleted,
                                     "onboarding_coordinator")
@@ -339,3 +341,18 @@ async def test_transient_provider_error_is_retried(settings, ctx):
             "ORDER BY started_at"), {"t": JOB_TYPE})).all()
     assert [j.status for j in jobs] == ["failed", "completed"]
     assert jobs[0].error == "ConnectionError: provider unreachable (will retry)"
+
+
+async def test_reconciler_republishes_only_requests_that_may_be_lost(settings):
+    tracker = JobTracker(settings.database_url)
+    async with session_scope(settings.database_url) as session:
+        await session.execute(text(
+            "INSERT INTO symbol_onboarding (symbol, status, requested_at) VALUES "
+            "('FRESH', 'pending', now()), ('OLD', 'pending', now() - interval '2 minutes'), "
+            "('LIVE', 'running', now()), ('ORPHAN', 'running', now()), "
+            "('DONE', 'ready', now() - interval '1 hour')"))
+    await tracker.start(JOB_TYPE, "LIVE")
+    async with session_scope(settings.database_url) as session:
+        owed = await store.unsettled_symbols(session, min_age_seconds=60,
+                                             stale_after_seconds=120)
+    assert sorted(owed) == ["OLD", "ORPHAN"]

@@ -30,7 +30,9 @@ def build_definition(
 
     def coordinator(ctx: ServiceContext) -> OnboardingCoordinator:
         if "c" not in state:
-            state["c"] = OnboardingCoordinator(ctx.database_url, ctx.publish)
+            state["c"] = OnboardingCoordinator(
+                ctx.database_url, ctx.publish,
+                stale_after_seconds=ctx.settings.job_stale_after_seconds)
         return state["c"]
 
     def subscriptions(ctx: ServiceContext) -> list[Subscription]:

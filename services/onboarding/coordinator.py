@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[Message], Awaitable[bool]]
 RECONCILE_INTERVAL_SECONDS = 30.0
+# A request younger than this is surely still on the bus (or being handled).
+REPUBLISH_AFTER_SECONDS = 60.0
 
 
 def fallback_as_of() -> dt.date:
@@ -45,9 +47,13 @@ async def publish_snapshot_requests(
 
 
 class OnboardingCoordinator:
-    def __init__(self, database_url: str, publish: Publish) -> None:
+    def __init__(self, database_url: str, publish: Publish, *,
+                 republish_after_seconds: float = REPUBLISH_AFTER_SECONDS,
+                 stale_after_seconds: float = 120.0) -> None:
         self.database_url = database_url
         self.publish = publish
+        self.republish_after_seconds = republish_after_seconds
+        self.stale_after_seconds = stale_after_seconds
 
     async def handle(self, message: SymbolOnboardCompleted, delivery: Delivery) -> None:
         async with session_scope(self.database_url) as session:
@@ -61,7 +67,9 @@ class OnboardingCoordinator:
     async def reconcile(self) -> None:
         """Re-publish what is owed; mark onboardings whose snapshot is done."""
         async with session_scope(self.database_url) as session:
-            symbols = await store.unsettled_symbols(session)
+            symbols = await store.unsettled_symbols(
+                session, min_age_seconds=self.republish_after_seconds,
+                stale_after_seconds=self.stale_after_seconds)
             await store.finish_completed_onboardings(session)
         for symbol in symbols:
             await self.publish(SymbolOnboardRequested(symbol=symbol, requested_by="reconciler"))

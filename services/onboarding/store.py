@@ -377,10 +377,26 @@ async def settle_symbol(
     )
 
 
-async def unsettled_symbols(session: AsyncSession) -> list[str]:
+async def unsettled_symbols(
+    session: AsyncSession, *, min_age_seconds: float, stale_after_seconds: float
+) -> list[str]:
+    """Symbols whose request may have been lost: pending for a while, or running with no
+    live worker (no job row with a fresh heartbeat). A fresh request is surely still on the
+    bus, and a live worker will finish; re-publishing those would only add duplicates."""
     rows = await session.execute(
-        text("SELECT symbol FROM symbol_onboarding WHERE status IN (:p, 'running')"),
-        {"p": PENDING},
+        text(
+            """
+            SELECT so.symbol FROM symbol_onboarding so
+            WHERE (so.status = :pending
+                   AND so.requested_at < now() - make_interval(secs => :min_age))
+               OR (so.status = 'running' AND NOT EXISTS (
+                    SELECT 1 FROM batch_run_history j
+                    WHERE j.job_type = 'symbol_onboard' AND j.job_key = so.symbol
+                      AND j.status = 'running'
+                      AND j.heartbeat_at > now() - make_interval(secs => :stale)))
+            """
+        ),
+        {"pending": PENDING, "min_age": min_age_seconds, "stale": stale_after_seconds},
     )
     return [r.symbol for r in rows]
 
