@@ -79,3 +79,49 @@ def test_service_refuses_to_start_on_unmigrated_database(empty_database_url, ser
     )
     assert result.returncode == 2
     assert "run `sigmabatch migrate` first" in result.stderr
+
+
+async def test_models_and_migrations_agree(database_url: str) -> None:
+    """Autogenerate against a migrated database finds nothing to do."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    engine = get_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            diff = await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+            )
+    finally:
+        await dispose_engines()
+    assert diff == []
+
+
+async def test_deleting_a_portfolio_deletes_its_position_exposures(database_url: str) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        user = await connection.fetchval(
+            "INSERT INTO users (id, username) VALUES (gen_random_uuid(), 'u') RETURNING id"
+        )
+        portfolio = await connection.fetchval(
+            "INSERT INTO portfolios (id, user_id, name, equity_balance) "
+            "VALUES (gen_random_uuid(), $1, 'p', 100) RETURNING id",
+            user,
+        )
+        position = await connection.fetchval(
+            "INSERT INTO positions (id, portfolio_id, symbol, quantity, entry_price, entry_date, "
+            "investment_class) VALUES (gen_random_uuid(), $1, 'AAPL', 1, 1, '2024-01-02', 'PUBLIC') "
+            "RETURNING id",
+            portfolio,
+        )
+        await connection.execute(
+            "INSERT INTO position_factor_exposures (position_id, calculation_date, factor_name, "
+            "portfolio_id, beta, weight) VALUES ($1, '2024-01-03', 'market', $2, 1.0, 1.0)",
+            position,
+            portfolio,
+        )
+        await connection.execute("DELETE FROM portfolios WHERE id = $1", portfolio)
+        left = await connection.fetchval("SELECT count(*) FROM position_factor_exposures")
+    finally:
+        await connection.close()
+    assert left == 0
