@@ -27,17 +27,59 @@ FULL = os.environ.get("SIGMABATCH_FULL_FAULTS") == "1"
 SEEDS = list(range(1, 6)) if FULL else [1]
 
 
-def kill_and_restart(service: str, seed: int, window: float = 2.0):
-    """A fault: SIGKILL `service` at a random point within `window` s, then restart it."""
+# The job types whose rows show a service in the middle of its work.
+WORK_OF = {
+    "symbol_batch": ("symbol_batch",),
+    "portfolio_refresh": (
+        "portfolio_refresh",
+        "portfolio_refresh_chunk",
+        "portfolio_refresh_request",
+    ),
+}
+KILLS: list[dict[str, Any]] = []  # what each kill interrupted, printed at the end of the run
+
+
+def running_jobs(system: System, service: str) -> int:
+    types = WORK_OF.get(service)
+    if not types:
+        return 0
+    rows = system.query(
+        "SELECT count(*) AS n FROM batch_run_history WHERE status = 'running' "
+        "AND job_type = ANY(:types)",
+        types=list(types),
+    )
+    return rows[0]["n"]
+
+
+def kill_and_restart(service: str, seed: int, window: float = 0.8):
+    """A fault: SIGKILL `service` at a random point of its work, then restart it.
+
+    For services that record jobs, the kill waits until one of their jobs is running, then a
+    random delay within `window` s; whether the kill caught the job running is recorded.
+    """
 
     def fault(system: System) -> None:
         rng = random.Random(f"{service}:{seed}")
+        if service in WORK_OF:
+            deadline = time.monotonic() + 10
+            while not running_jobs(system, service) and time.monotonic() < deadline:
+                time.sleep(0.02)
         time.sleep(rng.uniform(0.0, window))
+        interrupted = running_jobs(system, service)
         system.kill(service)
+        KILLS.append({"service": service, "seed": seed, "jobs_running_at_kill": interrupted})
         time.sleep(rng.uniform(0.0, 0.5))
         system.restart(service)
 
     return fault
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_kills():
+    yield
+    if KILLS:
+        mid = sum(1 for k in KILLS if k["jobs_running_at_kill"])
+        print(f"\nkill -9 faults: {len(KILLS)}, with a job of the killed service running: {mid}")
 
 
 def assert_same_state(system: System, digest: dict[str, Any], reference: dict[str, Any]) -> None:
