@@ -51,7 +51,7 @@ def running_jobs(system: System, service: str) -> int:
     return rows[0]["n"]
 
 
-def kill_and_restart(service: str, seed: int, window: float = 0.8):
+def kill_and_restart(service: str, seed: int, window: float = 0.3):
     """A fault: SIGKILL `service` at a random point of its work, then restart it.
 
     For services that record jobs, the kill waits until one of their jobs is running, then a
