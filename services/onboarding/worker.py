@@ -30,9 +30,9 @@ from libs.common.factors import FACTOR_ETFS, FACTOR_MODELS, compute_exposures, d
 from libs.common.jobs import FAILED as JOB_FAILED
 from libs.common.jobs import Job, JobAlreadyRunning
 from libs.common.market_data.base import MarketDataProvider, Profile
+from libs.common.onboarding import store
+from libs.common.onboarding.domain import FAILED, READY, SETTLED
 from libs.common.service import ServiceContext
-from services.onboarding import store
-from services.onboarding.domain import FAILED, READY, SETTLED
 
 log = logging.getLogger(__name__)
 
