@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import pandas as pd
 
-from libs.common import calendar
+from libs.common import calendar, market_store
 from libs.common.bus import Delivery, TransientError
 from libs.common.db import asyncpg_dsn, session_scope
 from libs.common.events import BatchNightlyRequested, SymbolBatchCompleted
@@ -243,7 +243,7 @@ class SymbolBatch:
         for chunk in chunks(due, PROFILE_CHUNK):
             result = await self.provider.fetch_profiles(chunk, as_of)
             async with session_scope(self.ctx.database_url) as session:
-                await store.upsert_profiles(session, result.profiles, as_of)
+                await market_store.upsert_profiles(session, result.profiles, as_of)
             for symbol, reason in result.failures.items():
                 outcome.failures.setdefault(symbol, f"profile: {reason}")
             done += len(chunk)
@@ -257,7 +257,7 @@ class SymbolBatch:
         for chunk in chunks(symbols, PRICE_CHUNK):
             result = await self.provider.fetch_prices(chunk, start, end)  # all dates at once
             async with session_scope(self.ctx.database_url) as session:
-                await store.upsert_prices(session, result.bars)
+                await market_store.upsert_prices(session, result.bars)
             for symbol, reason in result.failures.items():
                 outcome.failures[symbol] = f"prices: {reason}"
             done += len(chunk)
@@ -296,7 +296,7 @@ class SymbolBatch:
         for done, day in enumerate(dates, start=1):
             exposures = await asyncio.to_thread(compute_exposures, returns, day, symbols)
             async with session_scope(self.ctx.database_url) as session:
-                await store.write_exposures(session, exposures, day)
+                await market_store.write_symbol_betas(session, exposures, day)
                 await store.record_date_complete(
                     session,
                     day,
