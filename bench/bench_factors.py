@@ -30,7 +30,7 @@ import asyncpg
 import numpy as np
 import pandas as pd
 
-from libs.common import calendar
+from libs.common import calendar, market_store
 from libs.common import factors as fx
 from libs.common.db import asyncpg_dsn, dispose_engines, normalize_url, session_scope
 from libs.common.factor_definitions import seed_factor_definitions
@@ -178,7 +178,7 @@ async def database_phase(prices: pd.DataFrame, admin_url: str, repeat: int = 3) 
             exposures = fx.compute_exposures(fx.daily_returns(closes), as_of, symbols)
             t2 = time.perf_counter()
             async with session_scope(url) as session:
-                written = await store.write_exposures(session, exposures, as_of.date())
+                written = await market_store.write_symbol_betas(session, exposures, as_of.date())
             t3 = time.perf_counter()
             for key, value in zip(figures, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
                 figures[key].append(value)

@@ -39,10 +39,11 @@ import pandas as pd
 from libs.common.auth import create_user_token
 from libs.common.calendar import effective_trading_date
 from libs.common.db import asyncpg_dsn, dispose_engines, normalize_url, session_scope
+from libs.common.factor_definitions import seed_factor_definitions
 from libs.common.factors import FACTOR_ETFS, compute_exposures, daily_returns
 from libs.common.market_data.sample import SampleProvider
+from libs.common.market_store import upsert_prices, write_symbol_betas
 from libs.common.migrate import upgrade
-from services.onboarding.worker import upsert_prices, write_exposures
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEADER = ("Symbol,Quantity,Entry Price Per Share,Entry Date,Investment Class,"
@@ -177,7 +178,8 @@ async def seed(database_url: str, symbols: list[str]) -> dt.date:
     exposures = compute_exposures(daily_returns(wide.astype(float)), end, symbols=wanted)
     async with session_scope(database_url) as session:
         await upsert_prices(session, bars)
-        await write_exposures(session, exposures.assign(calculation_date=end))
+        await seed_factor_definitions(session)
+        await write_symbol_betas(session, exposures, end)
         connection = await session.connection()
         raw = (await connection.get_raw_connection()).driver_connection
         await raw.execute(

@@ -4,7 +4,7 @@ Run: `.venv/bin/python -m bench.bench_refresh [--portfolios N] [--naive-sample K
 (DATABASE_URL defaults to this machine's PostgreSQL; a scratch database is created and dropped.)
 
 Both contenders run in the same process on the same data and date:
-* set-based: `services.portfolio_refresh.handlers.refresh_portfolios` chunk by chunk (the
+* set-based: `libs.common.snapshots.refresh.refresh_portfolios` chunk by chunk (the
   service's own code path: claim slots, six bulk reads, vectorised P&L and exposures, COPY
   writes, complete), 2 chunks in flight like two replicas;
 * naive: the obvious ORM loop, per portfolio and per position (load positions, query today's
@@ -50,8 +50,9 @@ from libs.common.models import (
     PositionSnapshot,
     SymbolFactorExposure,
 )
-from services.portfolio_refresh import repository as repo
-from services.portfolio_refresh.handlers import plan_chunks, refresh_portfolios
+from libs.common.snapshots import repository as repo
+from libs.common.snapshots.refresh import refresh_portfolios
+from services.portfolio_refresh.handlers import plan_chunks
 
 N_SYMBOLS = 1_000
 N_UNDERLYINGS = 50

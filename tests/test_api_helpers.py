@@ -23,8 +23,8 @@ from libs.common.config import Settings
 from libs.common.db import session_scope
 from libs.common.factors import FACTOR_ETFS
 from libs.common.market_data.sample import SampleProvider
-from services.onboarding.upload import SnapshotMaker
-from services.onboarding.worker import upsert_prices
+from libs.common.market_store import upsert_prices
+from libs.common.onboarding.upload import SnapshotMaker
 from services.status_api.app import create_app
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"

@@ -23,11 +23,12 @@ from libs.common.events import (
 )
 from libs.common.jobs import JobTracker
 from libs.common.market_data import get_provider
+from libs.common.onboarding import store
 from libs.common.service import ServiceContext
-from services.onboarding import store
+from libs.common.snapshots.refresh import JOB_REQUEST
 from services.onboarding.coordinator import OnboardingCoordinator
 from services.onboarding.worker import JOB_TYPE, OnboardingWorker
-from services.portfolio_refresh.handlers import JOB_REQUEST, RefreshHandlers
+from services.portfolio_refresh.handlers import RefreshHandlers
 from tests.test_api_helpers import (
     api_client,
     csv_bytes,

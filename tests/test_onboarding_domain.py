@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from libs.common.onboarding.domain import default_equity, final_status, progress
 from libs.common.portfolio_csv import parse_portfolio_csv
-from services.onboarding.domain import default_equity, final_status, progress
 from tests.test_api_helpers import csv_bytes
 
 

@@ -23,7 +23,7 @@ from libs.common.factors import ALL_FACTORS, FACTOR_ETFS, compute_exposures, dai
 from libs.common.market_data.sample import sample_bars
 from libs.common.portfolio_csv import parse_portfolio_csv
 from libs.common.service import ServiceContext
-from services.portfolio_refresh.handlers import JOB_CHUNK, refresh_portfolios
+from libs.common.snapshots.refresh import JOB_CHUNK, refresh_portfolios
 from tests.conftest import SHARED_FIXTURES
 from tests.processes import ServiceProcess
 

@@ -9,41 +9,23 @@ nothing; the messages' business keys make the repeats harmless.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
 
 from libs.common.bus import Delivery
-from libs.common.calendar import effective_trading_date
 from libs.common.db import session_scope
-from libs.common.events import (
-    Message,
-    PortfolioRefreshRequested,
-    SymbolOnboardCompleted,
-    SymbolOnboardRequested,
+from libs.common.events import SymbolOnboardCompleted, SymbolOnboardRequested
+from libs.common.onboarding import store
+from libs.common.onboarding.snapshot_requests import (
+    Publish,
+    fallback_as_of,
+    publish_snapshot_requests,
 )
-from services.onboarding import store
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[Message], Awaitable[bool]]
 RECONCILE_INTERVAL_SECONDS = 30.0
 # A request younger than this is surely still on the bus (or being handled).
 REPUBLISH_AFTER_SECONDS = 60.0
-
-
-def fallback_as_of() -> dt.date:
-    return effective_trading_date(dt.datetime.now(dt.UTC))
-
-
-async def publish_snapshot_requests(
-    publish: Publish, requests: Sequence[store.SnapshotRequest], correlation_id: str | None = None
-) -> None:
-    for request in requests:
-        kwargs = {"correlation_id": correlation_id} if correlation_id else {}
-        await publish(PortfolioRefreshRequested(
-            portfolio_id=request.portfolio_id, as_of=request.as_of, reason="onboarding",
-            **kwargs))
 
 
 class OnboardingCoordinator:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -20,19 +21,20 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.common import market_store
 from libs.common.bus import Delivery
 from libs.common.calendar import effective_trading_date, sessions_between
 from libs.common.db import raw_connection, session_scope
 from libs.common.events import SymbolOnboardCompleted, SymbolOnboardRequested
-from libs.common.factors import FACTOR_ETFS, FACTOR_MODELS, compute_exposures, daily_returns
+from libs.common.factor_definitions import seed_factor_definitions
+from libs.common.factors import FACTOR_ETFS, compute_exposures, daily_returns
 from libs.common.jobs import FAILED as JOB_FAILED
 from libs.common.jobs import Job, JobAlreadyRunning
-from libs.common.market_data.base import MarketDataProvider, Profile
+from libs.common.market_data.base import MarketDataProvider
+from libs.common.onboarding import store
+from libs.common.onboarding.domain import FAILED, READY, SETTLED
 from libs.common.service import ServiceContext
-from services.onboarding import store
-from services.onboarding.domain import FAILED, READY, SETTLED
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +142,18 @@ class OnboardingWorker:
         latest = max(bars["date"])
         exposures = await self._exposures(symbol, bars, etf_bars, latest)
 
+        fetched = pd.concat([bars, etf_bars], ignore_index=True)
+        if "from_cache" in fetched:  # factor ETF bars read from the cache are not written back
+            fetched = fetched[~fetched["from_cache"].fillna(False).astype(bool)]
         async with session_scope(self.ctx.database_url) as session:
-            await upsert_prices(session, pd.concat([bars, etf_bars], ignore_index=True))
+            await market_store.upsert_prices(session, fetched)
             if profile is not None:
-                await upsert_profile(session, profile, end)
-            await write_exposures(session, exposures)
+                await market_store.upsert_profiles(
+                    session, [dataclasses.replace(profile, symbol=symbol)], end)
+            if not exposures.empty:
+                await seed_factor_definitions(session)
+                for day, betas in exposures.groupby("calculation_date", sort=True):
+                    await market_store.write_symbol_betas(session, betas, day)
             await session.execute(
                 text(
                     """
@@ -200,93 +209,3 @@ class OnboardingWorker:
         pieces = [compute_exposures(returns, day, symbols=[symbol]).assign(calculation_date=day)
                   for day in sorted(dates)]
         return pd.concat(pieces, ignore_index=True)
-
-
-async def upsert_prices(session: AsyncSession, bars: pd.DataFrame) -> None:
-    """Idempotent bulk upsert of daily bars (one statement, unnest arrays)."""
-    if "from_cache" in bars:
-        bars = bars[~bars["from_cache"].fillna(False).astype(bool)]
-    if bars.empty:
-        return
-
-    def column(name: str, kind: type) -> list:
-        values = bars[name] if name in bars else pd.Series([None] * len(bars))
-        return [None if pd.isna(v) else kind(v) for v in values]
-
-    connection = await raw_connection(session)
-    await connection.execute(
-        """
-        INSERT INTO market_data_cache (symbol, date, open, high, low, close, adj_close, volume,
-                                       source)
-        SELECT * FROM unnest($1::text[], $2::date[], $3::float8[], $4::float8[], $5::float8[],
-                             $6::float8[], $7::float8[], $8::int8[], $9::text[])
-        ON CONFLICT (symbol, date) DO UPDATE SET open = EXCLUDED.open, high = EXCLUDED.high,
-            low = EXCLUDED.low, close = EXCLUDED.close, adj_close = EXCLUDED.adj_close,
-            volume = EXCLUDED.volume, source = EXCLUDED.source, updated_at = now()
-        """,
-        column("symbol", str), [d for d in bars["date"]], column("open", float),
-        column("high", float), column("low", float), column("close", float),
-        column("adj_close", float), column("volume", int), column("source", str),
-    )
-
-
-async def upsert_profile(session: AsyncSession, profile: Profile, as_of: dt.date) -> None:
-    await session.execute(
-        text(
-            """
-            INSERT INTO company_profiles (symbol, name, sector, industry, exchange, currency,
-                                          market_cap, beta, source, as_of)
-            VALUES (:symbol, :name, :sector, :industry, :exchange, :currency, :market_cap,
-                    :beta, :source, :as_of)
-            ON CONFLICT (symbol) DO UPDATE SET name = EXCLUDED.name, sector = EXCLUDED.sector,
-                industry = EXCLUDED.industry, exchange = EXCLUDED.exchange,
-                currency = EXCLUDED.currency, market_cap = EXCLUDED.market_cap,
-                beta = EXCLUDED.beta, source = EXCLUDED.source, as_of = EXCLUDED.as_of,
-                updated_at = now()
-            """
-        ),
-        {"symbol": profile.symbol.upper(), "name": profile.name, "sector": profile.sector,
-         "industry": profile.industry, "exchange": profile.exchange,
-         "currency": profile.currency, "market_cap": profile.market_cap, "beta": profile.beta,
-         "source": profile.source, "as_of": as_of},
-    )
-
-
-async def seed_factor_definitions(session: AsyncSession) -> None:
-    """The factor set of libs.common.factors, inserted if absent (before any exposure)."""
-    rows = [
-        (r.factor, r.factor.replace("_", " ").title(), model.name, model.method,
-         r.long if r.short is None else f"{r.long}-{r.short}", model.window, model.min_obs,
-         order)
-        for order, (model, r) in enumerate(
-            (m, reg) for m in FACTOR_MODELS for reg in m.regressors)
-    ]
-    connection = await raw_connection(session)
-    await connection.executemany(
-        "INSERT INTO factor_definitions (name, display_name, kind, method, regressor, "
-        "window_days, min_obs, sort_order) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-        "ON CONFLICT (name) DO NOTHING",
-        rows,
-    )
-
-
-async def write_exposures(session: AsyncSession, exposures: pd.DataFrame) -> None:
-    if exposures.empty:
-        return
-    await seed_factor_definitions(session)
-    connection = await raw_connection(session)
-    await connection.execute(
-        """
-        INSERT INTO symbol_factor_exposures (symbol, factor_name, calculation_date, beta, r2,
-                                             n_obs, quality)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::float8[], $5::float8[],
-                             $6::int[], $7::text[])
-        ON CONFLICT (symbol, factor_name, calculation_date) DO UPDATE SET beta = EXCLUDED.beta,
-            r2 = EXCLUDED.r2, n_obs = EXCLUDED.n_obs, quality = EXCLUDED.quality
-        """,
-        list(exposures["symbol"]), list(exposures["factor"]),
-        [pd.Timestamp(d).date() for d in exposures["calculation_date"]],
-        [float(b) for b in exposures["beta"]],
-        [None if pd.isna(r) else float(r) for r in exposures["r2"]],
-        [int(n) for n in exposures["n_obs"]], list(exposures["quality"]),
-    )

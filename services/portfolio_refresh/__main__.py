@@ -13,12 +13,8 @@ from libs.common.events import (
     SymbolBatchCompleted,
 )
 from libs.common.service import ServiceContext, ServiceDefinition, Subscription, main
-from services.portfolio_refresh.handlers import (
-    JOB_CHUNK,
-    JOB_PLAN,
-    JOB_REQUEST,
-    RefreshHandlers,
-)
+from libs.common.snapshots.refresh import JOB_CHUNK, JOB_PLAN, JOB_REQUEST
+from services.portfolio_refresh.handlers import RefreshHandlers
 
 
 def subscriptions(ctx: ServiceContext) -> list[Subscription]:

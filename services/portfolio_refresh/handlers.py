@@ -45,16 +45,11 @@ publish `portfolio.refresh.completed`, whose key is the date of a whole batch.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import json
 import logging
 import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-
-import pandas as pd
 
 from libs.common import pnl
 from libs.common.bus import Delivery, PermanentError, TransientError
@@ -65,123 +60,12 @@ from libs.common.events import (
     PortfolioRefreshRequested,
     SymbolBatchCompleted,
 )
-from libs.common.exposures import ExposureResult, compute_exposures
 from libs.common.jobs import COMPLETED, JobAlreadyRunning
 from libs.common.service import ServiceContext
-from services.portfolio_refresh import repository as repo
+from libs.common.snapshots import repository as repo
+from libs.common.snapshots.refresh import JOB_CHUNK, JOB_PLAN, JOB_REQUEST, refresh_portfolios
 
 log = logging.getLogger(__name__)
-
-JOB_PLAN = "portfolio_refresh"
-JOB_CHUNK = "portfolio_refresh_chunk"
-JOB_REQUEST = "portfolio_refresh_request"
-
-
-@dataclass(frozen=True)
-class DateOutcome:
-    day: dt.date
-    snapshots: int
-    positions: int
-
-
-# --------------------------------------------------------------------------- core
-
-
-def compute_chunk(
-    day: dt.date, inputs: repo.ChunkInputs, params: pnl.PricingParams
-) -> tuple[pnl.RefreshResult, list[dict], list[str | None], ExposureResult]:
-    """Pure part of a chunk: P&L, Decimal snapshot rows, model inputs, exposures."""
-    result = pnl.compute_refresh(
-        day, inputs.portfolios, inputs.positions, inputs.prices, inputs.previous, inputs.flows,
-        params,
-    )
-    snapshot_rows = pnl.snapshot_records(result.snapshots)
-    values = result.positions
-    model_inputs = [
-        None if inputs is None else json.dumps(inputs) for inputs in pnl.model_inputs_column(values)
-    ]
-    equity = pd.DataFrame(
-        {
-            "portfolio_id": result.snapshots["portfolio_id"],
-            "equity": result.snapshots["equity_cents"] / 100.0,
-        }
-    )
-    exposures = compute_exposures(values, inputs.betas, equity, include_positions=False)
-    return result, snapshot_rows, model_inputs, exposures
-
-
-async def refresh_date(
-    database_url: str,
-    day: dt.date,
-    portfolio_ids: Sequence[uuid.UUID],
-    params: pnl.PricingParams,
-    *,
-    skip_if_later: bool,
-    require_holdings: bool = True,
-) -> DateOutcome:
-    """Claim, compute, write and complete the slots of `portfolio_ids` on `day` atomically."""
-    async with session_scope(database_url) as session:
-        conn = await raw_connection(session)
-        claimed = await repo.claim_slots(
-            conn, day, portfolio_ids, skip_if_later=skip_if_later, require_holdings=require_holdings
-        )
-        if not claimed:
-            return DateOutcome(day, 0, 0)
-        inputs = await repo.load_chunk(conn, day, claimed)
-        # CPU-bound: off the event loop, so bus heartbeats keep flowing meanwhile.
-        result, snapshot_rows, model_inputs, exposures = await asyncio.to_thread(
-            compute_chunk, day, inputs, params
-        )
-        await repo.write_position_snapshots(conn, day, result.positions, model_inputs)
-        await repo.write_factor_exposures(
-            conn, day, claimed, exposures.weights, inputs.betas, exposures.portfolios
-        )
-        completed = await repo.complete_snapshots(conn, day, snapshot_rows)
-        if completed != len(claimed):
-            raise RuntimeError(f"{day}: completed {completed} of {len(claimed)} claimed slots")
-    return DateOutcome(day, completed, len(result.positions))
-
-
-async def refresh_portfolios(
-    database_url: str,
-    day: dt.date,
-    portfolio_ids: Sequence[uuid.UUID],
-    params: pnl.PricingParams,
-    *,
-    explicit: bool = False,
-    max_backfill: int = 30,
-) -> list[DateOutcome]:
-    """Bring `portfolio_ids` through every batch date up to `day` they lack, oldest first.
-
-    A portfolio rolls from its latest complete snapshot; one with none starts at the first
-    batch date on or after its first entry (at most `max_backfill` dates back), so dates
-    processed out of order or concurrently still chain correctly. `explicit` (one portfolio
-    asked for at one date: onboarding's first snapshot, a manual refresh) makes that snapshot
-    even under a later one and does not backfill a portfolio that has none yet.
-    """
-    async with session_scope(database_url) as session:
-        conn = await raw_connection(session)
-        latest = await repo.latest_complete_dates(conn, portfolio_ids, day)
-        starts = [d + dt.timedelta(days=1) for d in latest.values()]
-        if not explicit:
-            firsts = await repo.first_entry_dates(conn, portfolio_ids)
-            starts += [d for p, d in firsts.items() if p not in latest and d < day]
-        catch_up = (
-            await repo.batch_dates_between(conn, min(starts) - dt.timedelta(days=1), day)
-            if starts
-            else []
-        )
-    outcomes = [
-        await refresh_date(database_url, d, portfolio_ids, params, skip_if_later=True)
-        for d in catch_up[-max_backfill:]
-    ]
-    outcomes.append(
-        await refresh_date(
-            database_url, day, portfolio_ids, params,
-            skip_if_later=not explicit, require_holdings=not explicit,
-        )
-    )
-    return outcomes
 
 
 def plan_chunks(portfolio_ids: Sequence[uuid.UUID], chunk_size: int) -> list[list[uuid.UUID]]:
@@ -195,7 +79,7 @@ def plan_chunks(portfolio_ids: Sequence[uuid.UUID], chunk_size: int) -> list[lis
 
 
 class RefreshHandlers:
-    """Thin adapters from bus messages to the core above (one instance per process)."""
+    """Thin adapters from bus messages to `libs.common.snapshots.refresh` (one per process)."""
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx

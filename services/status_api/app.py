@@ -36,8 +36,8 @@ from libs.common.auth import TokenCache
 from libs.common.config import Settings, get_settings
 from libs.common.db import asyncpg_dsn, dispose_engines, get_engine
 from libs.common.events import Message
+from libs.common.onboarding.upload import SnapshotMaker
 from libs.common.portfolio_csv import MAX_UPLOAD_BYTES
-from services.onboarding.upload import SnapshotMaker
 from services.status_api.routes import FinishedStatusCache, api
 from services.status_api.schemas import Health, Readiness
 

@@ -16,9 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.db import session_scope
-from services.onboarding import store
-from services.onboarding.domain import PHASES, progress
-from services.portfolio_refresh.handlers import JOB_REQUEST as REFRESH_REQUEST_JOB
+from libs.common.onboarding import store
+from libs.common.onboarding.domain import PHASES, progress
+from libs.common.snapshots.refresh import JOB_REQUEST as REFRESH_REQUEST_JOB
 
 # Plain asyncpg SQL: the status endpoint is polled by every open browser tab, so it runs as
 # one autocommit statement on a raw pool (no ORM session, no BEGIN/COMMIT round trips).

@@ -26,8 +26,8 @@ from libs.common import bus
 from libs.common.auth import Caller, require_admin, resolve_caller
 from libs.common.db import session_scope
 from libs.common.events import BatchNightlyRequested
+from libs.common.onboarding.upload import UploadRejected, upload_portfolio
 from libs.common.portfolio_csv import MAX_UPLOAD_BYTES, CsvProblem
-from services.onboarding.upload import UploadRejected, upload_portfolio
 from services.status_api import queries
 from services.status_api.schemas import (
     ErrorResponse,

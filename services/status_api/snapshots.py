@@ -1,9 +1,9 @@
 """The in-process first snapshot of a `v2_instant` upload.
 
 When every symbol of an upload is already known there is nothing to wait for, so the API
-makes the first snapshot inside the upload request with portfolio_refresh's own use case
-(same claim/compute/complete transaction as the service, so a concurrent bus request for
-the same slot waits on the row and then skips it). The first poll then says `completed`.
+makes the first snapshot inside the upload request with the snapshot use case portfolio_refresh
+runs too (`libs.common.snapshots.refresh`: same claim/compute/complete transaction, so a
+concurrent bus request for the same slot waits on the row and then skips it). The first poll then says `completed`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import uuid
 
 from libs.common import pnl
 from libs.common.config import Settings
-from services.onboarding.upload import SnapshotMaker
-from services.portfolio_refresh.handlers import refresh_portfolios
+from libs.common.onboarding.upload import SnapshotMaker
+from libs.common.snapshots.refresh import refresh_portfolios
 
 
 def default_snapshot_maker(settings: Settings) -> SnapshotMaker:

@@ -24,13 +24,13 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 import pandas as pd
 
-from libs.common import calendar
+from libs.common import calendar, market_store
 from libs.common.bus import Delivery, TransientError
 from libs.common.db import asyncpg_dsn, session_scope
 from libs.common.events import BatchNightlyRequested, SymbolBatchCompleted
@@ -238,44 +238,66 @@ class SymbolBatch:
     ) -> None:
         async with session_scope(self.ctx.database_url) as session:
             due = await store.profiles_due(session, symbols, as_of, PROFILE_MAX_AGE_DAYS)
-        await self.jobs.phase(job, "profiles", total=len(due), unit="symbols")
-        done = 0
-        for chunk in chunks(due, PROFILE_CHUNK):
+
+        async def fetch_and_write(chunk: list[str]) -> dict[str, str]:
             result = await self.provider.fetch_profiles(chunk, as_of)
             async with session_scope(self.ctx.database_url) as session:
-                await store.upsert_profiles(session, result.profiles, as_of)
-            for symbol, reason in result.failures.items():
-                outcome.failures.setdefault(symbol, f"profile: {reason}")
-            done += len(chunk)
-            await self.jobs.progress(job, done)
+                await market_store.upsert_profiles(session, result.profiles, as_of)
+            return result.failures
+
+        await self._in_chunks(job, "profiles", due, PROFILE_CHUNK, fetch_and_write,
+                              outcome, "profile")
 
     async def _prices(
         self, job: Job, symbols: list[str], start: dt.date, end: dt.date, outcome: RunOutcome
     ) -> None:
-        await self.jobs.phase(job, "prices", total=len(symbols), unit="symbols")
-        done = 0
-        for chunk in chunks(symbols, PRICE_CHUNK):
+        async def fetch_and_write(chunk: list[str]) -> dict[str, str]:
             result = await self.provider.fetch_prices(chunk, start, end)  # all dates at once
             async with session_scope(self.ctx.database_url) as session:
-                await store.upsert_prices(session, result.bars)
-            for symbol, reason in result.failures.items():
-                outcome.failures[symbol] = f"prices: {reason}"
-            done += len(chunk)
-            await self.jobs.progress(job, done)
+                await market_store.upsert_prices(session, result.bars)
+            return result.failures
+
+        # A price failure is the one that matters: it replaces an earlier profile failure.
+        await self._in_chunks(job, "prices", symbols, PRICE_CHUNK, fetch_and_write,
+                              outcome, "prices", replace=True)
 
     async def _fundamentals(
         self, job: Job, symbols: list[str], as_of: dt.date, outcome: RunOutcome
     ) -> None:
         async with session_scope(self.ctx.database_url) as session:
             due = await store.fundamentals_due(session, symbols, as_of, FUNDAMENTALS_MAX_AGE_DAYS)
-        await self.jobs.phase(job, "fundamentals", total=len(due), unit="symbols")
-        done = 0
-        for chunk in chunks(due, PROFILE_CHUNK):
+
+        async def fetch_and_write(chunk: list[str]) -> dict[str, str]:
             result = await self.provider.fetch_fundamentals(chunk, as_of)
             async with session_scope(self.ctx.database_url) as session:
                 await store.upsert_fundamentals(session, result.items)
-            for symbol, reason in result.failures.items():
-                outcome.failures.setdefault(symbol, f"fundamentals: {reason}")
+            return result.failures
+
+        await self._in_chunks(job, "fundamentals", due, PROFILE_CHUNK, fetch_and_write,
+                              outcome, "fundamentals")
+
+    async def _in_chunks(
+        self,
+        job: Job,
+        phase: str,
+        symbols: list[str],
+        size: int,
+        fetch_and_write: Callable[[list[str]], Awaitable[dict[str, str]]],
+        outcome: RunOutcome,
+        failure_label: str,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """One phase: fetch and write `symbols` chunk by chunk, recording failures and progress."""
+        await self.jobs.phase(job, phase, total=len(symbols), unit="symbols")
+        done = 0
+        for chunk in chunks(symbols, size):
+            failures = await fetch_and_write(chunk)
+            for symbol, reason in failures.items():
+                if replace:
+                    outcome.failures[symbol] = f"{failure_label}: {reason}"
+                else:
+                    outcome.failures.setdefault(symbol, f"{failure_label}: {reason}")
             done += len(chunk)
             await self.jobs.progress(job, done)
 
@@ -296,7 +318,7 @@ class SymbolBatch:
         for done, day in enumerate(dates, start=1):
             exposures = await asyncio.to_thread(compute_exposures, returns, day, symbols)
             async with session_scope(self.ctx.database_url) as session:
-                await store.write_exposures(session, exposures, day)
+                await market_store.write_symbol_betas(session, exposures, day)
                 await store.record_date_complete(
                     session,
                     day,

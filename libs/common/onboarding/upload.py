@@ -25,10 +25,14 @@ from decimal import Decimal
 
 from libs.common.db import session_scope
 from libs.common.events import SymbolOnboardRequested
+from libs.common.onboarding import store
+from libs.common.onboarding.domain import MODE_ASYNC, MODE_INSTANT, default_equity
+from libs.common.onboarding.snapshot_requests import (
+    Publish,
+    fallback_as_of,
+    publish_snapshot_requests,
+)
 from libs.common.portfolio_csv import CsvProblem, latest_allowed_date, parse_portfolio_csv
-from services.onboarding import store
-from services.onboarding.coordinator import Publish, fallback_as_of, publish_snapshot_requests
-from services.onboarding.domain import MODE_ASYNC, MODE_INSTANT, default_equity
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""SQL of portfolio_refresh: set-based reads and writes for a whole chunk of portfolios.
+"""SQL of portfolio snapshots: set-based reads and writes for a whole chunk of portfolios.
 
 Every function takes the asyncpg connection under the caller's session (`db.raw_connection`)
 so one chunk-date is one transaction: claim the slots, read, write, complete, commit.

@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.db import raw_connection
 from libs.common.factors import FACTOR_ETFS
+from libs.common.onboarding.domain import FAILED, P_RUNNING, PENDING, READY
 from libs.common.portfolio_csv import ParsedPosition
-from services.onboarding.domain import FAILED, P_RUNNING, PENDING, READY
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Portfolio snapshots: the refresh use case and its SQL, shared by portfolio_refresh and the status API."""
