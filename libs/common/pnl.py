@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.special import ndtr  # standard normal CDF; scipy.stats costs seconds to import
 
 from libs.common.portfolio_csv import CASH_SYMBOLS, PRIVATE_MARKERS
 
@@ -238,8 +238,8 @@ def black_scholes(
     d1 = (np.log(safe_s / safe_k) + (rate + 0.5 * safe_v**2) * safe_t) / (safe_v * sqrt_t)
     d2 = d1 - safe_v * sqrt_t
     discount = np.exp(-rate * safe_t)
-    call = safe_s * norm.cdf(d1) - safe_k * discount * norm.cdf(d2)
-    put = safe_k * discount * norm.cdf(-d2) - safe_s * norm.cdf(-d1)
+    call = safe_s * ndtr(d1) - safe_k * discount * ndtr(d2)
+    put = safe_k * discount * ndtr(-d2) - safe_s * ndtr(-d1)
     return np.where(live, np.where(is_call, call, put), intrinsic)
 
 
