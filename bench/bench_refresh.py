@@ -341,12 +341,6 @@ async def main() -> None:
     parser.add_argument("--in-flight", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument(
-        "--what-if-fewer-fks", action="store_true",
-        help="also time a run after dropping the position_id and factor_name FKs of "
-             "position_factor_exposures in the scratch database (portfolio_id FK with its "
-             "cascade kept): a schema proposal, NOT the shipped configuration",
-    )
-    parser.add_argument(
         "--what-if-no-fk-checks", action="store_true",
         help="also time a second set-based run with FK triggers off (session_replication_role="
              "replica): what the schema would cost without FKs on the output tables; NOT the "
@@ -385,19 +379,6 @@ async def main() -> None:
         goal_speed = speedup >= 20
         print(f"speed-up {speedup:.1f}x  | goals: <=30s {'MET' if goal_time else 'MISSED'}, "
               f">=20x {'MET' if goal_speed else 'MISSED'}")
-        if args.what_if_fewer_fks:
-            await clear_day(url, DAY)
-            conn = await asyncpg.connect(asyncpg_dsn(url))
-            await conn.execute(
-                "ALTER TABLE position_factor_exposures "
-                "DROP CONSTRAINT position_factor_exposures_position_id_fkey, "
-                "DROP CONSTRAINT position_factor_exposures_factor_name_fkey"
-            )
-            await conn.close()
-            made, what_if = await set_based(url, DAY, args.chunk_size, args.in_flight)
-            print(f"what-if, position_factor_exposures without its position_id and factor_name "
-                  f"FKs (not shipped): {made:,} snapshots in {what_if:.2f}s "
-                  f"({fast_seconds / what_if:.1f}x faster)")
         if args.what_if_no_fk_checks:
             await clear_day(url, DAY)
             name = normalize_url(url).rsplit("/", 1)[1].split("?")[0]
