@@ -124,9 +124,9 @@ async def publish_nightly(
 
     from libs.common import bus
     from libs.common.events import BatchNightlyRequested
+    from libs.common.service import declare_streams
 
     settings = _settings()
-    topology = bus.Topology(settings.bus_prefix)
     message = BatchNightlyRequested(
         target_date=target_date,
         requested_by=requested_by,
@@ -135,13 +135,7 @@ async def publish_nightly(
     nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
     try:
         js = nc.jetstream()
-        await bus.ensure_streams(
-            js,
-            topology,
-            duplicate_window_seconds=settings.duplicate_window_seconds,
-            event_retention_days=settings.event_retention_days,
-            replicas=settings.stream_replicas,
-        )
+        topology = await declare_streams(js, settings)
         published = await bus.publish(js, topology, message)
     finally:
         await nc.close()

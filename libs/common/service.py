@@ -85,6 +85,19 @@ class ServiceDefinition:
     )
 
 
+async def declare_streams(js: JetStreamContext, settings: Settings) -> bus.Topology:
+    """Both streams as this deployment configures them; returns its topology."""
+    topology = bus.Topology(settings.bus_prefix)
+    await bus.ensure_streams(
+        js,
+        topology,
+        duplicate_window_seconds=settings.duplicate_window_seconds,
+        event_retention_days=settings.event_retention_days,
+        replicas=settings.stream_replicas,
+    )
+    return topology
+
+
 async def connect_context(name: str, settings: Settings | None = None) -> ServiceContext:
     """Connect to both servers (retrying while they come up) and declare the streams."""
     settings = settings or get_settings()
@@ -107,14 +120,7 @@ async def connect_context(name: str, settings: Settings | None = None) -> Servic
 
     nc = await bus.connect(nats_url, name)
     js = nc.jetstream()
-    topology = bus.Topology(settings.bus_prefix)
-    await bus.ensure_streams(
-        js,
-        topology,
-        duplicate_window_seconds=settings.duplicate_window_seconds,
-        event_retention_days=settings.event_retention_days,
-        replicas=settings.stream_replicas,
-    )
+    topology = await declare_streams(js, settings)
     jobs = JobTracker(database_url, stale_after_seconds=settings.job_stale_after_seconds)
     return ServiceContext(name, settings, database_url, topology, nc, js, jobs)
 
