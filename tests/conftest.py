@@ -33,7 +33,7 @@ from libs.common.migrate import upgrade
 from libs.common.service import ServiceContext, connect_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from libs.common.market_store import upsert_prices
 from libs.common.onboarding.upload import SnapshotMaker
 from services.status_api.app import create_app
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HEADER = ("Symbol,Quantity,Entry Price Per Share,Entry Date,Investment Class,"
           "Investment Subtype,Underlying Symbol,Strike Price,Expiration Date,Option Type,"
           "Exit Date,Exit Price Per Share")

@@ -1,6 +1,6 @@
 """The vectorised factor engine against per-symbol statsmodels OLS / scikit-learn Ridge fits.
 
-Data: the real adjusted closes of shared/fixtures/prices. Proxies for the factor ETFs the
+Data: the real adjusted closes of tests/fixtures/prices. Proxies for the factor ETFs the
 fixtures lack: SPY <- SP500 index, VTV <- VLUE, IWM <- SIZE (MTUM, QUAL, USMV are real); VUG and
 TLT are not in the fixtures at all, so two real stock series (AAPL, PG) stand in for them here:
 the comparison is numerical, and only needs real, realistically correlated series.
@@ -21,16 +21,14 @@ from sklearn.preprocessing import StandardScaler
 
 from libs.common import factors as fx
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "prices"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "prices"
 TOL = 1e-8
 STOCKS = ["AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO", "LLY", "MRK", "MSFT", "XOM"]
 
 
 def _fixture_dir() -> Path:
-    for candidate in (FIXTURES, Path("/work/shared/fixtures/prices")):
-        if candidate.exists():
-            return candidate
-    pytest.skip("shared/fixtures/prices not present")
+    assert FIXTURES.exists(), f"{FIXTURES} missing: the repository carries its fixtures"
+    return FIXTURES
 
 
 @pytest.fixture(scope="module")

@@ -30,16 +30,14 @@ from libs.common.market_data.yfinance_provider import (
     normalize_info,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.exists():
-    SHARED = Path("/work/shared")
-FIXTURE_PRICES = SHARED / "fixtures" / "prices"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURE_PRICES = FIXTURES / "prices"
 
 
 def fixture_symbols() -> set[str]:
     """Every Symbol / Underlying Symbol of the example portfolio CSVs."""
-    files = list((SHARED / "fixtures" / "portfolios").glob("*.csv"))
-    files += list((SHARED / "fixtures" / "anchor_demo" / "upload_format").glob("*.csv"))
+    files = list((FIXTURES / "portfolios").glob("*.csv"))
+    files += list((FIXTURES / "anchor_demo" / "upload_format").glob("*.csv"))
     assert files, "fixture portfolios missing"
     symbols: set[str] = set()
     for path in files:

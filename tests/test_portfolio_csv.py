@@ -16,7 +16,7 @@ from libs.common.portfolio_csv import (
     parse_portfolio_csv,
 )
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TODAY = date(2026, 11, 29)
 
 

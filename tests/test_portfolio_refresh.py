@@ -24,7 +24,7 @@ from libs.common.market_data.sample import sample_bars
 from libs.common.portfolio_csv import parse_portfolio_csv
 from libs.common.service import ServiceContext
 from libs.common.snapshots.refresh import JOB_CHUNK, refresh_portfolios
-from tests.conftest import SHARED_FIXTURES
+from tests.conftest import FIXTURES
 from tests.processes import ServiceProcess
 
 PARAMS = pnl.PricingParams()
@@ -461,7 +461,7 @@ async def seed_fixture_portfolios(database_url: str) -> dict[str, uuid.UUID]:
     """Every example CSV that parses, with sample-provider prices and real factor betas."""
     await seed_factor_defs(database_url)
     parsed = {}
-    for path in sorted((SHARED_FIXTURES / "portfolios").glob("*.csv")):
+    for path in sorted((FIXTURES / "portfolios").glob("*.csv")):
         data = path.read_bytes()
         if path.stem == "Sample_Template":  # its closed-position line lacks one comma
             data = data.replace(b"TSLA,50,185.00,2023-12-01,PUBLIC,STOCK,,,,2024-01-15",
