@@ -236,15 +236,6 @@ def test_private_asset_carried_at_entry_or_manual_value_without_pnl() -> None:
     assert s["total_value"] == Decimal("960000.00")
 
 
-def test_black_scholes_matches_textbook_values() -> None:
-    price = pnl.black_scholes(np.array([100.0, 100.0]), np.array([100.0, 100.0]),
-                              np.array([1.0, 1.0]), 0.05, np.array([0.2, 0.2]),
-                              np.array([True, False]))
-    assert price[0] == pytest.approx(10.4506, abs=1e-4)
-    assert price[1] == pytest.approx(5.5735, abs=1e-4)
-    expired = pnl.black_scholes(np.array([120.0]), np.array([100.0]), np.array([0.0]), 0.05,
-                                np.array([0.2]), np.array([False]))
-    assert expired[0] == 0.0
 
 
 def test_option_without_quote_gets_model_price_with_recorded_inputs() -> None:

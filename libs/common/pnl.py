@@ -36,11 +36,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtr  # standard normal CDF; scipy.stats costs seconds to import
 
+from libs.common.domain.options import OPTION_MULTIPLIER, black_scholes
 from libs.common.portfolio_csv import CASH_SYMBOLS, PRIVATE_MARKERS
 
-OPTION_MULTIPLIER = 100
 TRADING_DAYS_PER_YEAR = 252
 DEFAULT_RISK_FREE_RATE = 0.04
 DEFAULT_VOLATILITY = 0.30
@@ -215,32 +214,6 @@ def realised_volatility(prices: pd.DataFrame, params: PricingParams) -> pd.DataF
         }
     )
     return out.dropna().sort_values(["date", "symbol"], kind="stable").reset_index(drop=True)
-
-
-def black_scholes(
-    spot: np.ndarray,
-    strike: np.ndarray,
-    years: np.ndarray,
-    rate: np.ndarray | float,
-    vol: np.ndarray,
-    is_call: np.ndarray,
-) -> np.ndarray:
-    """European Black-Scholes price, no dividends; intrinsic value at or after expiry."""
-    spot, strike, years, vol = (np.asarray(a, dtype="float64") for a in (spot, strike, years, vol))
-    rate = np.broadcast_to(np.asarray(rate, dtype="float64"), spot.shape)
-    intrinsic = np.where(is_call, np.maximum(spot - strike, 0.0), np.maximum(strike - spot, 0.0))
-    live = (years > 0) & (vol > 0) & (spot > 0) & (strike > 0)
-    safe_t = np.where(live, years, 1.0)
-    safe_v = np.where(live, vol, 1.0)
-    safe_s = np.where(live, spot, 1.0)
-    safe_k = np.where(live, strike, 1.0)
-    sqrt_t = np.sqrt(safe_t)
-    d1 = (np.log(safe_s / safe_k) + (rate + 0.5 * safe_v**2) * safe_t) / (safe_v * sqrt_t)
-    d2 = d1 - safe_v * sqrt_t
-    discount = np.exp(-rate * safe_t)
-    call = safe_s * ndtr(d1) - safe_k * discount * ndtr(d2)
-    put = safe_k * discount * ndtr(-d2) - safe_s * ndtr(-d1)
-    return np.where(live, np.where(is_call, call, put), intrinsic)
 
 
 def mark_positions(
