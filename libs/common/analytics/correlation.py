@@ -1,0 +1,221 @@
+"""Correlation matrices of many portfolios' public positions at once.
+
+Methods:
+
+* **Members**: a portfolio's plain listed positions (no options, no carried assets), netted
+  per symbol; the 50 largest by gross weight when it holds more. A symbol with fewer than 30
+  returns of its own in the window is left out (listed as excluded).
+* **Matrix**: Pearson correlation of daily simple returns over the last 90 sessions,
+  pairwise-complete (each pair over the sessions where both have a return, as pandas'
+  ``DataFrame.corr(min_periods=30)``); a pair with fewer than 30 common observations is
+  undefined and enters the repair as 0. The counts are kept.
+* **PSD repair**: eigen-decomposition, eigenvalues clipped at 0, rebuilt and rescaled to a
+  unit diagonal (C ← D^-½ C D^-½): the nearest-by-clipping valid correlation matrix.
+* **Summary**: weighted average pairwise correlation Σ_{i≠j} g_i g_j ρ_ij / Σ_{i≠j} g_i g_j
+  with gross weights g; diversification ratio Σ|w_i|σ_i / √(wᵀΣw) with signed weights and
+  Σ = diag(σ) ρ diag(σ) (σ each symbol's daily std over the window); effective number of bets
+  = exp(entropy of the repaired matrix's eigenvalues normalised to sum 1) (1 for a single
+  bet, n for n uncorrelated ones).
+* **Clusters**: hierarchical clustering on distance 1 − ρ, single linkage, cut at distance
+  0.3 (every member reaches another at ρ ≥ 0.7 through a chain); computed as the connected
+  components of the graph {1 − ρ_ij ≤ 0.3}, which is exactly scipy's
+  ``fcluster(linkage(d, "single"), 0.3, "distance")``, for all portfolios in one call.
+
+Everything is batched over portfolios: matrices are padded to the largest member count and
+the pairwise sums are four stacked matrix products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+WINDOW = 90
+MIN_OBS = 30
+MAX_MEMBERS = 50
+CLUSTER_DISTANCE = 0.3
+CLUSTER_LINKAGE = "single"
+
+
+@dataclass(frozen=True)
+class CorrelationResult:
+    """Per portfolio (rows in ``portfolio_ids`` order), padded to K members.
+
+    symbols: (P, K) object, None in padding; n_members (P,); corr (P, K, K) repaired;
+    observations (P, K, K) int; labels (P, K) cluster label per member (-1 padding);
+    average_correlation, diversification_ratio, effective_bets (P,); excluded: list per row.
+    """
+
+    portfolio_ids: pd.Index
+    symbols: np.ndarray
+    n_members: np.ndarray
+    corr: np.ndarray
+    observations: np.ndarray
+    labels: np.ndarray
+    average_correlation: np.ndarray
+    diversification_ratio: np.ndarray
+    effective_bets: np.ndarray
+    excluded: list[list[str]]
+    window_sessions: int
+
+
+def pairwise_complete(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Correlation and common-observation counts of stacked (P, T, K) data with NaN holes."""
+    mask = np.isfinite(x)
+    m = mask.astype("float64")
+    x0 = np.where(mask, x, 0.0)
+    xt = np.swapaxes(x0, 1, 2)
+    n = np.swapaxes(m, 1, 2) @ m  # n[i, j] = common observations
+    sx = xt @ m  # sx[i, j] = Σ x_i over sessions where j is present (i present by x0)
+    sxx = (xt * xt) @ m
+    sxy = xt @ x0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_ij = sx / n
+        cov = sxy - sx * np.swapaxes(sx, 1, 2) / n
+        var_i = sxx - sx * mean_ij
+        var_j = np.swapaxes(var_i, 1, 2)
+        corr = cov / np.sqrt(var_i * var_j)
+    corr = np.where(n >= 2, np.clip(corr, -1.0, 1.0), np.nan)
+    return corr, n.round().astype("int64")
+
+
+def repair_psd(corr: np.ndarray) -> np.ndarray:
+    """Clip eigenvalues at 0 and rescale to a unit diagonal (stacked (P, K, K))."""
+    sym = 0.5 * (corr + np.swapaxes(corr, 1, 2))
+    values, vectors = np.linalg.eigh(sym)
+    values = np.maximum(values, 0.0)
+    rebuilt = (vectors * values[:, None, :]) @ np.swapaxes(vectors, 1, 2)
+    d = np.sqrt(np.diagonal(rebuilt, axis1=1, axis2=2))
+    d = np.where(d > 0, d, 1.0)
+    out = rebuilt / d[:, :, None] / d[:, None, :]
+    k = out.shape[1]
+    idx = np.arange(k)
+    out[:, idx, idx] = 1.0
+    return 0.5 * (out + np.swapaxes(out, 1, 2))
+
+
+def effective_bets(corr: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """exp(entropy) of the normalised eigenvalues of each valid block (padding zeroed)."""
+    block = np.where(valid[:, :, None] & valid[:, None, :], corr, 0.0)
+    values = np.clip(np.linalg.eigvalsh(block), 0.0, None)
+    total = values.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = values / total
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return np.where(total[:, 0] > 0, np.exp(entropy), np.nan)
+
+
+def cluster_labels(corr: np.ndarray, valid: np.ndarray, distance: float = CLUSTER_DISTANCE) -> np.ndarray:
+    """Single-linkage clusters at ``distance`` (on 1 − ρ) for every portfolio in one call."""
+    p, k, _ = corr.shape
+    linked = (1.0 - corr <= distance) & valid[:, :, None] & valid[:, None, :]
+    linked[:, np.arange(k), np.arange(k)] = False
+    block, i, j = np.nonzero(linked)
+    nodes = p * k
+    graph = sparse.csr_matrix(
+        (np.ones(len(block), dtype=np.int8), (block * k + i, block * k + j)), shape=(nodes, nodes)
+    )
+    _, labels = connected_components(graph, directed=False)
+    labels = labels.reshape(p, k)
+    # Relabel 0.. per portfolio in order of each cluster's first member; padding -1.
+    flat = labels.ravel()
+    members_at = np.flatnonzero(valid.ravel())
+    first = np.full(int(flat.max()) + 1 if nodes else 0, k, dtype="int64")
+    np.minimum.at(first, flat[members_at], members_at % k)
+    first_member = first[labels]  # (P, K): column of the first member of each one's cluster
+    is_first = (first_member == np.arange(k)[None, :]) & valid
+    rank = np.cumsum(is_first, axis=1) - 1
+    out = np.take_along_axis(rank, np.clip(first_member, 0, k - 1), axis=1)
+    return np.where(valid, out, -1)
+
+
+def members(holdings: pd.DataFrame, portfolio_ids: pd.Index, limit: int = MAX_MEMBERS) -> pd.DataFrame:
+    """Public positions netted per symbol, the ``limit`` largest by gross weight per portfolio."""
+    public = holdings[holdings["is_public"].astype(bool)]
+    net = public.groupby([public["portfolio_id"].astype(str), public["symbol"]], sort=False)[
+        "market_value"].sum().rename("market_value").reset_index()
+    net = net[net["market_value"] != 0]
+    net["gross"] = net["market_value"].abs()
+    net = net.sort_values(["portfolio_id", "gross", "symbol"], ascending=[True, False, True],
+                          kind="stable")
+    net["rank"] = net.groupby("portfolio_id", sort=False).cumcount()
+    net = net[net["rank"] < limit]
+    net = net[net["portfolio_id"].isin(portfolio_ids)]
+    return net.reset_index(drop=True)
+
+
+def correlate(
+    holdings: pd.DataFrame, portfolio_ids: pd.Index, returns: pd.DataFrame,
+    window: int = WINDOW, min_obs: int = MIN_OBS, limit: int = MAX_MEMBERS,
+) -> CorrelationResult:
+    """Everything the correlations endpoint shows, for every portfolio of the chunk."""
+    window_returns = returns.iloc[-window:]
+    values = window_returns.to_numpy(dtype="float64")  # (T, U)
+    own_obs = np.isfinite(values).sum(axis=0)
+    cols = pd.Index(window_returns.columns)
+    mem = members(holdings, portfolio_ids, limit)
+    col = cols.get_indexer(mem["symbol"])
+    enough = (col >= 0) & (own_obs[np.clip(col, 0, None)] >= min_obs)
+    excluded_frame = mem.loc[~enough, ["portfolio_id", "symbol"]]
+    excluded_by = excluded_frame.groupby("portfolio_id")["symbol"].agg(list)
+    mem = mem[enough].copy()
+    mem["col"] = col[enough]
+    mem["slot"] = mem.groupby("portfolio_id", sort=False).cumcount()
+    p = len(portfolio_ids)
+    k = int(mem["slot"].max()) + 1 if len(mem) else 1
+    row = portfolio_ids.get_indexer(mem["portfolio_id"])
+    slot = mem["slot"].to_numpy()
+    index = np.full((p, k), -1, dtype="int64")
+    index[row, slot] = mem["col"].to_numpy()
+    symbols = np.full((p, k), None, dtype=object)
+    symbols[row, slot] = mem["symbol"].to_numpy()
+    signed = np.zeros((p, k))
+    signed[row, slot] = mem["market_value"].to_numpy()
+    valid = index >= 0
+    n_members = valid.sum(axis=1)
+
+    padded = np.concatenate([values, np.full((values.shape[0], 1), np.nan)], axis=1)
+    x = np.swapaxes(padded[:, np.where(valid, index, values.shape[1])], 0, 1)  # (P, T, K)
+    raw, observations = pairwise_complete(x)
+    both = valid[:, :, None] & valid[:, None, :]
+    defined = both & (observations >= min_obs) & np.isfinite(raw)
+    eye = np.broadcast_to(np.eye(k, dtype=bool), (p, k, k))
+    start = np.where(defined, raw, 0.0)
+    start = np.where(eye, 1.0, start)
+    corr = repair_psd(start)
+    corr = np.where(both | eye, corr, 0.0)
+    corr = np.where(eye, 1.0, corr)
+    observations = np.where(both, observations, 0)
+
+    # Summary statistics.
+    gross = np.abs(signed)
+    off = both & ~eye
+    pair_w = gross[:, :, None] * gross[:, None, :] * off
+    with np.errstate(invalid="ignore", divide="ignore"):
+        average = (pair_w * corr).sum(axis=(1, 2)) / pair_w.sum(axis=(1, 2))
+        present = np.isfinite(x)
+        count = present.sum(axis=1)
+        mean = np.where(present, x, 0.0).sum(axis=1) / np.maximum(count, 1)
+        dev = np.where(present, x - mean[:, None, :], 0.0)
+        sigma = np.sqrt((dev * dev).sum(axis=1) / np.maximum(count - 1, 1))
+        sigma = np.where(valid, sigma, 0.0)
+        total = gross.sum(axis=1, keepdims=True)
+        w = signed / np.where(total > 0, total, 1.0)
+        ws = w * sigma
+        port_var = np.einsum("pi,pij,pj->p", ws, corr, ws)
+        ratio = np.abs(ws).sum(axis=1) / np.sqrt(port_var)
+    ratio = np.where((n_members >= 1) & (port_var > 0), ratio, np.nan)
+    average = np.where(n_members >= 2, average, np.nan)
+    bets = np.where(n_members >= 1, effective_bets(corr, valid), np.nan)
+    labels = cluster_labels(corr, valid)
+    excluded = [list(excluded_by.get(pid, [])) for pid in portfolio_ids]
+    return CorrelationResult(
+        portfolio_ids=portfolio_ids, symbols=symbols, n_members=n_members, corr=corr,
+        observations=observations, labels=labels, average_correlation=average,
+        diversification_ratio=ratio, effective_bets=bets, excluded=excluded,
+        window_sessions=int(min(window, len(window_returns))),
+    )

@@ -1,0 +1,237 @@
+"""Snapshot risk of many portfolios at once: return series, volatility, beta, concentration.
+
+Methods (stated once here; docs/design.md §10 repeats them):
+
+* **Holdings-based return series**: today's holdings applied to past sessions. A holding's
+  dollar exposure is its market value, or for an option Δ × qty × 100 × underlying price
+  (delta-adjusted, moving with the underlying); carried assets (private, cash) have no
+  returns. Daily P&L_s = Σ exposure_i × r_i,s (simple returns on adjusted closes; a missing
+  return counts 0, as a stale price would) and the return is P&L_s / base, where base is the
+  snapshot's equity when positive, else the gross exposure (a net-short or zero-equity book
+  gets a return on what it has at risk, never a sign flip; `return_basis` says which).
+  One sparse (portfolios × symbols) × (symbols × sessions) product for the whole chunk.
+* **Realized volatility**: sample std (ddof 1) of the last 21 / 63 returns × √252; null with
+  fewer sessions than the window.
+* **Forecast volatility**: EWMA (RiskMetrics) with λ = 0.94 on zero-mean squared returns over
+  the last 252 sessions, weights normalised to sum 1 (pandas' ``ewm(alpha=0.06, adjust=True)``),
+  annualised × √252: the next session's volatility.
+* **Volatility percentile**: share of the 21-day realized volatilities ending on each of the
+  last 252 sessions (today included) that are ≤ today's, as a fraction 0..1; null with fewer
+  than 126 such values.
+* **Regression beta**: OLS with intercept of the portfolio's return series on SPY's over the
+  last 90 sessions (sessions where SPY has a return), with r² and n; null below 30.
+* **Exposure-weighted beta**: Σ market beta × exposure / base; **provider beta**: the same
+  with the company profiles' beta (positions without one skipped, coverage reported).
+* **Concentration**: gross weights w = |MV| / Σ|MV| over the portfolio's holdings netted per
+  symbol (two lots of one symbol are one position); HHI = Σw², effective positions 1/HHI,
+  top-3 / top-10 = the largest 3 / 10 weights summed.
+* **Sectors**: exposure (delta-adjusted for options, under the underlying's sector) summed per
+  company-profile sector, net and gross, over base; holdings without a sector go to
+  "Unclassified" and are listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+TRADING_DAYS = 252
+VOL_SHORT = 21
+VOL_LONG = 63
+EWMA_LAMBDA = 0.94
+EWMA_WINDOW = 252
+PERCENTILE_WINDOW = 252
+PERCENTILE_MIN = 126
+BETA_WINDOW = 90
+BETA_MIN_OBS = 30
+MARKET_SYMBOL = "SPY"
+UNCLASSIFIED = "Unclassified"
+#: Sessions of returns the risk metrics need (percentile of a 21-day vol over a year).
+HISTORY_SESSIONS = PERCENTILE_WINDOW + VOL_SHORT - 1
+VOLATILITY_METHOD = (
+    f"EWMA lambda={EWMA_LAMBDA} on zero-mean daily returns of today's holdings, last "
+    f"{EWMA_WINDOW} sessions, annualised x sqrt({TRADING_DAYS})"
+)
+
+
+@dataclass(frozen=True)
+class Book:
+    """Holdings of a chunk of portfolios, one row per held position.
+
+    holdings columns: portfolio_id, position_id, symbol (the position's own), risk_symbol
+    (whose returns move it: the symbol, the underlying for an option, None when carried),
+    market_value, exposure (dollars moving 1:1 with risk_symbol's return), is_public
+    (a plain listed position: in the correlation matrix).
+    base: per portfolio (index portfolio_id, in chunk order) the denominator of returns and
+    weights; basis: "equity" or "gross".
+    """
+
+    holdings: pd.DataFrame
+    portfolio_ids: pd.Index
+    equity: np.ndarray
+    base: np.ndarray
+    basis: np.ndarray
+
+
+def make_book(holdings: pd.DataFrame, equity: pd.Series) -> Book:
+    """Attach each portfolio's base: equity when positive, else gross exposure."""
+    ids = pd.Index(equity.index.astype(str))
+    eq = equity.to_numpy(dtype="float64")
+    gross = (
+        holdings["market_value"].abs().groupby(holdings["portfolio_id"].astype(str)).sum()
+        .reindex(ids, fill_value=0.0).to_numpy()
+    )
+    positive = eq > 0
+    base = np.where(positive, eq, np.where(gross > 0, gross, np.nan))
+    basis = np.where(positive, "equity", np.where(gross > 0, "gross", "none")).astype(object)
+    return Book(holdings.reset_index(drop=True), ids, eq, base, basis)
+
+
+def exposure_matrix(book: Book, symbols: pd.Index) -> sparse.csr_matrix:
+    """(portfolios × symbols) dollar exposures; rows follow book.portfolio_ids."""
+    h = book.holdings
+    rows = book.portfolio_ids.get_indexer(h["portfolio_id"].astype(str))
+    cols = symbols.get_indexer(h["risk_symbol"].where(h["risk_symbol"].notna(), ""))
+    ok = (rows >= 0) & (cols >= 0)
+    return sparse.csr_matrix(
+        (h["exposure"].to_numpy(dtype="float64")[ok], (rows[ok], cols[ok])),
+        shape=(len(book.portfolio_ids), len(symbols)),
+    )
+
+
+def portfolio_returns(book: Book, returns: pd.DataFrame) -> np.ndarray:
+    """(portfolios × sessions) holdings-based returns over the rows of ``returns``."""
+    matrix = exposure_matrix(book, returns.columns)
+    r = np.nan_to_num(returns.to_numpy(dtype="float64"), nan=0.0)  # (S, U)
+    pnl = np.asarray(matrix @ r.T)  # (P, S)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pnl / book.base[:, None]
+
+
+def realized_vol(series: np.ndarray, window: int) -> np.ndarray:
+    """Annualised sample std of the last ``window`` columns; NaN when shorter."""
+    if series.shape[1] < window:
+        return np.full(series.shape[0], np.nan)
+    return series[:, -window:].std(axis=1, ddof=1) * np.sqrt(TRADING_DAYS)
+
+
+def ewma_vol(series: np.ndarray, lam: float = EWMA_LAMBDA, window: int = EWMA_WINDOW) -> np.ndarray:
+    """Next-session EWMA volatility, annualised (weights λ^k on r²_{t-k}, normalised)."""
+    tail = series[:, -window:]
+    n = tail.shape[1]
+    if n == 0:
+        return np.full(series.shape[0], np.nan)
+    weights = lam ** np.arange(n - 1, -1, -1, dtype="float64")
+    weights /= weights.sum()
+    return np.sqrt((tail * tail) @ weights * TRADING_DAYS)
+
+
+def vol_percentile(series: np.ndarray) -> np.ndarray:
+    """Fraction of the rolling 21-session vols of the last year that are ≤ today's."""
+    p, s = series.shape
+    count = min(PERCENTILE_WINDOW, s - VOL_SHORT + 1)
+    if count < PERCENTILE_MIN:
+        return np.full(p, np.nan)
+    tail = series[:, -(count + VOL_SHORT - 1):]
+    # Rolling sums via cumulative sums: window k ends at column k + VOL_SHORT - 1.
+    c1 = np.concatenate([np.zeros((p, 1)), np.cumsum(tail, axis=1)], axis=1)
+    c2 = np.concatenate([np.zeros((p, 1)), np.cumsum(tail * tail, axis=1)], axis=1)
+    s1 = c1[:, VOL_SHORT:] - c1[:, :-VOL_SHORT]
+    s2 = c2[:, VOL_SHORT:] - c2[:, :-VOL_SHORT]
+    var = np.maximum((s2 - s1 * s1 / VOL_SHORT) / (VOL_SHORT - 1), 0.0)
+    vols = np.sqrt(var)
+    today = vols[:, -1:]
+    # Ties within float noise count as ≤ (today's own value always does).
+    pct = (vols <= today * (1 + 1e-12) + 1e-18).mean(axis=1)
+    return np.where(np.isfinite(today[:, 0]), pct, np.nan)
+
+
+def regression_beta(
+    series: np.ndarray, market: np.ndarray, window: int = BETA_WINDOW, min_obs: int = BETA_MIN_OBS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OLS with intercept of each row of ``series`` on ``market`` (last ``window`` sessions)."""
+    y = series[:, -window:]
+    x = market[-window:]
+    ok = np.isfinite(x)
+    n = int(ok.sum())
+    p = series.shape[0]
+    if n < min_obs:
+        return np.full(p, np.nan), np.full(p, np.nan), np.full(p, n)
+    xs = x[ok] - x[ok].mean()
+    ys = y[:, ok] - y[:, ok].mean(axis=1, keepdims=True)
+    sxx = xs @ xs
+    sxy = ys @ xs
+    syy = np.einsum("ps,ps->p", ys, ys)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        beta = sxy / sxx
+        r2 = np.where(syy > 0, sxy * sxy / (sxx * syy), np.nan)
+    return beta, r2, np.full(p, n)
+
+
+def weighted_beta(book: Book, betas: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Σ beta(risk_symbol) × exposure / base, and the gross share of exposure with a beta."""
+    h = book.holdings
+    b = h["risk_symbol"].map(betas).to_numpy(dtype="float64")
+    exposure = h["exposure"].to_numpy(dtype="float64")
+    has = np.isfinite(b)
+    by = h["portfolio_id"].astype(str)
+    frame = pd.DataFrame(
+        {"beta_dollars": np.where(has, b * exposure, 0.0),
+         "covered": np.where(has, np.abs(exposure), 0.0),
+         "gross": np.abs(exposure), "any": has}
+    ).groupby(by.to_numpy()).sum().reindex(book.portfolio_ids, fill_value=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        beta = np.where(frame["any"].to_numpy() > 0, frame["beta_dollars"].to_numpy() / book.base,
+                        np.nan)
+        coverage = np.where(frame["gross"].to_numpy() > 0,
+                            frame["covered"].to_numpy() / frame["gross"].to_numpy(), np.nan)
+    return beta, coverage
+
+
+def concentration(book: Book) -> pd.DataFrame:
+    """HHI, effective positions, top-3 and top-10 gross weights per portfolio."""
+    h = book.holdings
+    net = h.groupby([h["portfolio_id"].astype(str), h["symbol"]], sort=False)["market_value"].sum()
+    frame = net.abs().rename("gross").reset_index()
+    frame = frame[frame["gross"] > 0]
+    total = frame.groupby("portfolio_id")["gross"].transform("sum")
+    frame["w"] = frame["gross"] / total
+    frame = frame.sort_values(["portfolio_id", "w"], ascending=[True, False], kind="stable")
+    rank = frame.groupby("portfolio_id", sort=False).cumcount()
+    out = pd.DataFrame(
+        {"hhi": (frame["w"] ** 2), "top3": frame["w"].where(rank < 3, 0.0),
+         "top10": frame["w"].where(rank < 10, 0.0), "positions": 1}
+    ).groupby(frame["portfolio_id"].to_numpy()).sum()
+    out = out.reindex(book.portfolio_ids)
+    out["effective_positions"] = 1.0 / out["hhi"]
+    return out
+
+
+def sector_exposures(book: Book, sectors: pd.Series) -> pd.DataFrame:
+    """Long frame: portfolio_id, sector, net_weight, gross_weight, symbols (unclassified)."""
+    h = book.holdings
+    key = h["risk_symbol"].where(h["risk_symbol"].notna(), h["symbol"])
+    sector = key.map(sectors)
+    sector = sector.where(sector.notna() & (sector.astype(str).str.len() > 0), UNCLASSIFIED)
+    base = pd.Series(book.base, index=book.portfolio_ids)
+    frame = pd.DataFrame(
+        {"portfolio_id": h["portfolio_id"].astype(str).to_numpy(), "sector": sector.to_numpy(),
+         "net": h["exposure"].to_numpy(dtype="float64"), "symbol": key.to_numpy()}
+    )
+    frame["gross"] = frame["net"].abs()
+    grouped = frame.groupby(["portfolio_id", "sector"], sort=True).agg(
+        net=("net", "sum"), gross=("gross", "sum")
+    ).reset_index()
+    denominator = base.reindex(grouped["portfolio_id"]).to_numpy()
+    grouped["net_weight"] = grouped["net"] / denominator
+    grouped["gross_weight"] = grouped["gross"] / denominator
+    unclassified = (
+        frame[frame["sector"] == UNCLASSIFIED]
+        .drop_duplicates(["portfolio_id", "symbol"])
+        .sort_values(["portfolio_id", "symbol"])
+        .groupby("portfolio_id")["symbol"].agg(list)
+    )
+    return grouped, unclassified
