@@ -333,6 +333,141 @@ class PositionFactorExposure(Base):
     )
 
 
+
+# --- risk analytics (DESIGN §10) --------------------------------------------------------
+# Derived per (portfolio, date) in the snapshot's transaction; keyed by portfolio and date
+# (no surrogate keys) so they partition by date. One row per portfolio and date carries the
+# per-symbol / per-scenario values as arrays: one row to write and to read per endpoint call.
+
+
+class PortfolioRiskMetrics(Base):
+    """Volatility, beta, concentration, sectors and portfolio Greeks of a snapshot."""
+
+    __tablename__ = "portfolio_risk_metrics"
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True
+    )
+    calculation_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    return_basis: Mapped[str] = mapped_column(String(8), nullable=False)  # equity/gross/none
+    history_sessions: Mapped[int] = mapped_column(Integer, nullable=False)
+    volatility_21d: Mapped[float | None] = mapped_column(Float)
+    volatility_63d: Mapped[float | None] = mapped_column(Float)
+    volatility_forecast: Mapped[float | None] = mapped_column(Float)
+    volatility_percentile: Mapped[float | None] = mapped_column(Float)
+    beta_regression: Mapped[float | None] = mapped_column(Float)
+    beta_r2: Mapped[float | None] = mapped_column(Float)
+    beta_n_obs: Mapped[int] = mapped_column(Integer, nullable=False)
+    beta_exposure_weighted: Mapped[float | None] = mapped_column(Float)
+    beta_provider: Mapped[float | None] = mapped_column(Float)
+    beta_provider_coverage: Mapped[float | None] = mapped_column(Float)
+    hhi: Mapped[float | None] = mapped_column(Float)
+    effective_positions: Mapped[float | None] = mapped_column(Float)
+    top3_weight: Mapped[float | None] = mapped_column(Float)
+    top10_weight: Mapped[float | None] = mapped_column(Float)
+    sectors: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default="[]"
+    )
+    unclassified_symbols: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default="{}"
+    )
+    delta: Mapped[float] = mapped_column(Float, nullable=False)
+    gamma: Mapped[float] = mapped_column(Float, nullable=False)
+    theta: Mapped[float] = mapped_column(Float, nullable=False)
+    vega: Mapped[float] = mapped_column(Float, nullable=False)
+    rho: Mapped[float] = mapped_column(Float, nullable=False)
+    delta_dollars: Mapped[float] = mapped_column(Float, nullable=False)
+    gamma_dollars: Mapped[float] = mapped_column(Float, nullable=False)
+    __table_args__ = (Index("ix_portfolio_risk_metrics_date", "calculation_date"),)
+
+
+class PositionGreeks(Base):
+    """Greeks of an option position on a date and the Black-Scholes inputs they used."""
+
+    __tablename__ = "position_greeks"
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True
+    )
+    calculation_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    position_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("positions.id", ondelete="CASCADE"), primary_key=True
+    )
+    delta: Mapped[float | None] = mapped_column(Float)
+    gamma: Mapped[float | None] = mapped_column(Float)
+    theta: Mapped[float | None] = mapped_column(Float)  # per calendar day
+    vega: Mapped[float | None] = mapped_column(Float)  # per vol point
+    rho: Mapped[float | None] = mapped_column(Float)  # per rate point
+    delta_dollars: Mapped[float | None] = mapped_column(Float)
+    gamma_dollars: Mapped[float | None] = mapped_column(Float)
+    underlying_price: Mapped[float | None] = mapped_column(Float)
+    strike: Mapped[float | None] = mapped_column(Float)
+    years: Mapped[float | None] = mapped_column(Float)
+    volatility: Mapped[float | None] = mapped_column(Float)
+    rate: Mapped[float | None] = mapped_column(Float)
+
+
+class PortfolioCorrelations(Base):
+    """Correlation matrix of a portfolio's public positions (upper triangles, row-major)."""
+
+    __tablename__ = "portfolio_correlations"
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True
+    )
+    calculation_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    window_sessions: Mapped[int] = mapped_column(Integer, nullable=False)
+    symbols: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    correlations: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)  # i < j
+    observations: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)  # i <= j
+    cluster_labels: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    excluded_symbols: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default="{}"
+    )
+    average_correlation: Mapped[float | None] = mapped_column(Float)
+    diversification_ratio: Mapped[float | None] = mapped_column(Float)
+    effective_bets: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (Index("ix_portfolio_correlations_date", "calculation_date"),)
+
+
+class StressScenario(Base):
+    """The versioned scenario set (seeded by migration 0003; a change is a new version)."""
+
+    __tablename__ = "stress_scenarios"
+    scenario_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    category: Mapped[str] = mapped_column(String(32), nullable=False)
+    # factor name -> shock: a return as a fraction, or basis points for interest_rate
+    shocks: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    sort_order: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+
+
+class PortfolioStressResults(Base):
+    """Every active scenario's impacts on a portfolio on a date, aligned arrays.
+
+    scenario_ids[s], scenario_versions[s], direct_impact[s], ...; contributions is
+    (scenarios × factors) row-major over ``factors`` (the last one the options' gamma term),
+    and factor_moves the same shape without it: the moves of the correlated scenario.
+    """
+
+    __tablename__ = "portfolio_stress_results"
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True
+    )
+    calculation_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    equity: Mapped[float | None] = mapped_column(Float)
+    scenario_ids: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    scenario_versions: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    factors: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    direct_impact: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
+    correlated_impact: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
+    impact_pct_of_equity: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
+    impact_pct_of_gross: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
+    factor_moves: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
+    contributions: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
+    __table_args__ = (Index("ix_portfolio_stress_results_date", "calculation_date"),)
+
+
 # --- jobs -------------------------------------------------------------------------------
 
 
