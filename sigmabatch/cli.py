@@ -1,4 +1,4 @@
-"""The `sigmabatch` command: what operators and cron run (DESIGN §2).
+"""The `sigmabatch` command: what operators and cron run (docs/design.md §2).
 
     sigmabatch up [--data-dir DIR] [--port N]      the whole system, embedded by default
     sigmabatch demo [--data-dir DIR] [--port N]    up + sample universe, backfill, example uploads

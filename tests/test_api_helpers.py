@@ -53,7 +53,7 @@ async def api_client(settings: Settings, snapshot_maker: SnapshotMaker | None = 
     app = create_app(settings, snapshot_maker=snapshot_maker)
     async with app.router.lifespan_context(app):
         deadline = time.monotonic() + 10
-        while app.state.js is None and time.monotonic() < deadline:
+        while app.state.api.js is None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:

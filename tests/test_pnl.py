@@ -1,4 +1,4 @@
-"""Hand-computed cases for each P&L rule of DESIGN §7, and a roll-forward property test."""
+"""Hand-computed cases for each P&L rule of docs/design.md §7, and a roll-forward property test."""
 
 from __future__ import annotations
 

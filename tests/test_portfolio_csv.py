@@ -1,4 +1,4 @@
-"""The upload format (DESIGN §8): every rule with the message a person reads."""
+"""The upload format (docs/design.md §8): every rule with the message a person reads."""
 
 from __future__ import annotations
 

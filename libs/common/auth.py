@@ -4,10 +4,9 @@ A token is 32 random bytes (256 bits), so a fast unsalted hash is the right tool
 nothing to brute-force (unlike a password), and an O(1) indexed lookup by hash keeps every
 API call cheap. A leaked database reveals no usable token.
 
-`create_user_token` is what `sigmabatch token create` calls. `resolve_caller` is the FastAPI
-dependency: 401 without a valid token, the caller otherwise. Resolved tokens are cached in
-process for a few seconds (the status endpoint is polled hard); a revoked token stops working
-within that TTL.
+`create_user_token` is what `sigmabatch token create` calls; status_api's `api.deps`
+resolves callers with `lookup_token` and caches them in a `TokenCache` for a few seconds (the
+status endpoint is polled hard), so a revoked token stops working within that TTL.
 """
 
 from __future__ import annotations
@@ -18,12 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from libs.common.db import session_scope
 
 TOKEN_PREFIX = "sb_"
 CACHE_TTL_SECONDS = 10.0
@@ -113,48 +108,3 @@ class TokenCache:
         if len(self._entries) > 10_000:
             self._entries.clear()
         self._entries[hash_token(token)] = (caller, time.monotonic() + self.ttl)
-
-
-bearer_scheme = HTTPBearer(auto_error=False, description="A token from `sigmabatch token create`.")
-
-
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
-    )
-
-
-async def resolve_caller(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # noqa: B008
-) -> Caller:
-    """FastAPI dependency: the authenticated caller, or 401.
-
-    Needs `app.state.database_url`, `app.state.token_cache` and `app.state.auth_disabled`.
-    """
-    state = request.app.state
-    if state.auth_disabled:
-        caller = getattr(state, "local_caller", None)
-        if caller is None:
-            async with session_scope(state.database_url) as session:
-                caller = await ensure_user(session, LOCAL_USER, admin=True)
-            state.local_caller = caller
-        return caller
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise _unauthorized("Missing bearer token: send 'Authorization: Bearer <token>'.")
-    token = credentials.credentials
-    cache: TokenCache = state.token_cache
-    caller = cache.get(token)
-    if caller is None:
-        async with session_scope(state.database_url) as session:
-            caller = await lookup_token(session, token)
-        if caller is None:
-            raise _unauthorized("Invalid or revoked token.")
-        cache.put(token, caller)
-    return caller
-
-
-async def require_admin(caller: Caller = Depends(resolve_caller)) -> Caller:  # noqa: B008
-    if not caller.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="This endpoint is for admins only.")
-    return caller

@@ -1,4 +1,4 @@
-"""Event and command schemas of the bus (DESIGN §3).
+"""Event and command schemas of the bus (docs/design.md §3).
 
 Each message class knows its subject and its business key: the key becomes the
 `Nats-Msg-Id` header, so JetStream drops a repeat inside the duplicate window, and the

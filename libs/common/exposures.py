@@ -1,4 +1,4 @@
-"""Factor exposures of positions and portfolios (DESIGN §7): pure, vectorised, no I/O.
+"""Factor exposures of positions and portfolios (docs/design.md §7): pure, vectorised, no I/O.
 
 A position inherits the betas of the symbol it moves with: its own symbol, or the underlying
 for an option. Its weight is its signed market value over its portfolio's equity, so a short

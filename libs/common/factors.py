@@ -1,4 +1,4 @@
-"""Vectorised factor engine (DESIGN §6): every symbol of a date in one pass, no I/O.
+"""Vectorised factor engine (docs/design.md §6): every symbol of a date in one pass, no I/O.
 
 Input is a wide frame of daily simple returns (rows = trading sessions in ascending order,
 columns = symbols, NaN where a symbol has no return that day) that also holds the factor ETFs'

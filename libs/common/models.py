@@ -1,4 +1,4 @@
-"""SQLAlchemy models: the tables of DESIGN §4, one place for the schema.
+"""SQLAlchemy models: the tables of docs/design.md §4, one place for the schema.
 
 Types follow what each number is: user money (entry prices, equity, P&L) is NUMERIC and
 reaches Python as Decimal; market data and regression outputs are float8, because they are
@@ -82,7 +82,7 @@ class Portfolio(Base):
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
     )
     name: Mapped[str] = mapped_column(String(300), nullable=False)
-    # Starting equity: the base of the equity roll-forward (DESIGN §7).
+    # Starting equity: the base of the equity roll-forward (docs/design.md §7).
     equity_balance: Mapped[Decimal] = mapped_column(MONEY, nullable=False)
     currency: Mapped[str] = mapped_column(String(3), nullable=False, server_default="USD")
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))

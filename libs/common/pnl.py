@@ -1,4 +1,4 @@
-"""Daily P&L and portfolio snapshots (DESIGN §7): pure, vectorised, no I/O.
+"""Daily P&L and portfolio snapshots (docs/design.md §7): pure, vectorised, no I/O.
 
 One call values every position of many portfolios on one date `t` and rolls each
 portfolio's equity forward from its previous snapshot. The rules:
@@ -144,7 +144,7 @@ def is_carried_asset(pos: pd.DataFrame) -> pd.Series:
     """Assets valued at entry/manual price: private, cash, synthetic names.
 
     The same rule as the upload parser's `is_non_market_symbol`: these are never sent to a
-    market-data provider (DESIGN §5), so they have no quotes, and flagging them stale every
+    market-data provider (docs/design.md §5), so they have no quotes, and flagging them stale every
     day would hide real staleness.
     """
     is_option = pos["investment_class"].eq("OPTIONS")

@@ -1,4 +1,4 @@
-"""Portfolio CSV upload format (DESIGN §8): parse and validate, no I/O.
+"""Portfolio CSV upload format (docs/design.md §8): parse and validate, no I/O.
 
 Shared by the upload endpoint and the demo, so both accept and reject exactly the same files.
 The parser never stops at the first mistake: every problem of every row is reported as
@@ -11,7 +11,7 @@ Deliberate choices (documented in the API too):
 - Entry price must be > 0, except for OPTIONS rows where 0 is accepted and means "premium not
   recorded" (the reference demo hedge-fund portfolio carries its options at 0). Nothing in the
   P&L depends on it: an option is marked at its market or model price from its first day and
-  the first day's P&L is 0 (DESIGN §7); it only lowers the default equity by the premium.
+  the first day's P&L is 0 (docs/design.md §7); it only lowers the default equity by the premium.
 - Prices carry at most 4 decimals (sub-penny quotes exist), quantities at most 6.
 - A duplicate is a row identical to an earlier one in every parsed value (same lot twice);
   two lots of one symbol on one date with different quantity or price are both kept.
@@ -165,7 +165,7 @@ class ParseResult:
 
 
 def is_non_market_symbol(symbol: str) -> bool:
-    """Private/synthetic/cash names that no market data provider knows (DESIGN §5)."""
+    """Private/synthetic/cash names that no market data provider knows (docs/design.md §5)."""
     upper = symbol.upper()
     return "_" in upper or upper in CASH_SYMBOLS or any(m in upper for m in PRIVATE_MARKERS)
 

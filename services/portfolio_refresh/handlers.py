@@ -1,4 +1,4 @@
-"""portfolio_refresh: daily portfolio snapshots driven by events (DESIGN §7).
+"""portfolio_refresh: daily portfolio snapshots driven by events (docs/design.md §7).
 
 Flow
 ----

@@ -1,4 +1,4 @@
-"""Response models of the HTTP API (DESIGN §9): the JSON contract the frontend codes against.
+"""Response models of the HTTP API (docs/design.md §9): the JSON contract the frontend codes against.
 
 Money is Decimal and travels as a JSON string ("1234.56"), so no cent is lost to binary
 floating point; market data and betas are numbers.

@@ -1,6 +1,6 @@
 """symbol_batch: the nightly prices, profiles, fundamentals and factor betas of every symbol.
 
-Flow of one trigger (DESIGN §5):
+Flow of one trigger (docs/design.md §5):
   target = the requested session, or the effective trading date (NYSE, US/Eastern, after close
   plus settle delay); dates = sessions after the last completed date up to target (first run:
   target only; at most ``max_backfill_days``); phase 0 profiles (once per run, latest date),

@@ -29,7 +29,7 @@ async def watermark(session: AsyncSession) -> dt.date | None:
 
 
 async def ensure_factor_etfs(session: AsyncSession, etfs: Sequence[str]) -> None:
-    """The factor ETFs belong to the universe whatever was seeded (DESIGN §5)."""
+    """The factor ETFs belong to the universe whatever was seeded (docs/design.md §5)."""
     connection = await raw_connection(session)
     await connection.execute(
         "INSERT INTO symbol_universe (symbol, asset_type, added_by) "

@@ -1,7 +1,7 @@
 """1,000 generated malformed CSVs against the running API: every one 4xx, nothing written.
 
 Each generated file is a valid upload with at least one mutation that breaks a rule of the
-format (DESIGN §8), or bytes that are not a CSV at all, so every answer must be a rejection.
+format (docs/design.md §8), or bytes that are not a CSV at all, so every answer must be a rejection.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from libs.common.portfolio_csv import ParsedPosition
 PENDING, RUNNING, READY, FAILED = "pending", "running", "ready", "failed"
 SETTLED = frozenset({READY, FAILED})
 
-# Portfolio onboarding states (portfolio_onboarding.status), DESIGN §9.
+# Portfolio onboarding states (portfolio_onboarding.status), docs/design.md §9.
 P_RUNNING, P_COMPLETED, P_PARTIAL, P_FAILED = "running", "completed", "partial", "failed"
 MODE_INSTANT, MODE_ASYNC = "v2_instant", "v2_async"
 

@@ -1,0 +1,109 @@
+"""Typed FastAPI dependencies: every route states what it needs in its signature.
+
+- `StateDep` / `SettingsDep`: the process's `ApiState` and `Settings`.
+- `SessionDep`: ONE database session per request (lazy: no connection until the first
+  statement; committed when the route returns, rolled back on an exception). The caller's
+  token lookup, the ownership check and the route's reads all share it.
+- `CallerDep` / `AdminDep`: the authenticated caller (401), an admin (403).
+- `OwnedPortfolioDep`: the caller's portfolio named by the `portfolio_id` path parameter, or
+  404 (another user's portfolio is indistinguishable from a missing one).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, cast
+
+import asyncpg
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.common.auth import LOCAL_USER, Caller, ensure_user, lookup_token
+from libs.common.config import Settings
+from libs.common.db import session_scope
+from services.status_api import queries
+from services.status_api.api.state import ApiState
+
+
+def get_state(request: Request) -> ApiState:
+    return cast(ApiState, request.app.state.api)
+
+
+StateDep = Annotated[ApiState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with session_scope(state.database_url) as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def get_pg_pool(state: StateDep) -> asyncpg.Pool:
+    if state.pg_pool is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Starting up.")
+    return state.pg_pool
+
+
+PgPoolDep = Annotated[asyncpg.Pool, Depends(get_pg_pool)]
+
+bearer_scheme = HTTPBearer(auto_error=False, description="A token from `sigmabatch token create`.")
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail,
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
+async def resolve_caller(state: StateDep, session: SessionDep,
+                         credentials: CredentialsDep) -> Caller:
+    """The authenticated caller, or 401. Resolved tokens are cached for a few seconds (the
+    status endpoint is polled hard), so most requests never touch the session."""
+    if state.settings.auth_disabled:
+        if state.local_caller is None:
+            state.local_caller = await ensure_user(session, LOCAL_USER, admin=True)
+        return state.local_caller
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise _unauthorized("Missing bearer token: send 'Authorization: Bearer <token>'.")
+    token = credentials.credentials
+    caller = state.token_cache.get(token)
+    if caller is None:
+        caller = await lookup_token(session, token)
+        if caller is None:
+            raise _unauthorized("Invalid or revoked token.")
+        state.token_cache.put(token, caller)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(resolve_caller)]
+
+
+async def require_admin(caller: CallerDep) -> Caller:
+    if not caller.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="This endpoint is for admins only.")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(require_admin)]
+
+
+async def owned_portfolio(session: SessionDep, caller: CallerDep,
+                          portfolio_id: uuid.UUID) -> dict[str, Any]:
+    found = await queries.portfolio(session, caller.user_id, portfolio_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="Portfolio not found.")
+    return found
+
+
+OwnedPortfolioDep = Annotated[dict[str, Any], Depends(owned_portfolio)]

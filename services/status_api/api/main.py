@@ -1,0 +1,15 @@
+"""The routers of the API: `/api/v1/<resource>` (bearer auth) and the ops endpoints."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.status_api.api.routes import admin, batch, onboarding, ops, portfolios, symbols
+
+ROUTERS = (portfolios.router, onboarding.router, batch.router, admin.router, symbols.router,
+           ops.router)
+
+
+def include_routers(app: FastAPI) -> None:
+    for router in ROUTERS:
+        app.include_router(router)

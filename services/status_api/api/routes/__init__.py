@@ -1,0 +1,1 @@
+"""One router per resource; `services.status_api.api.main` assembles them."""

@@ -1,0 +1,145 @@
+"""Portfolios: upload (starts onboarding), list, detail, snapshots, positions, exposures."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import File, Form, UploadFile
+from fastapi.responses import JSONResponse
+
+from libs.common.onboarding.upload import UploadRejected, upload_portfolio
+from libs.common.portfolio_csv import MAX_UPLOAD_BYTES
+from services.status_api import queries
+from services.status_api.api.deps import (
+    CallerDep,
+    OwnedPortfolioDep,
+    SessionDep,
+    StateDep,
+)
+from services.status_api.api.responses import NOT_FOUND, Responses, rejected, resource_router
+from services.status_api.schemas import (
+    ErrorResponse,
+    PortfolioDetail,
+    PortfolioFactorExposures,
+    PortfolioOut,
+    PositionOut,
+    SnapshotOut,
+    UploadResponse,
+)
+
+router = resource_router("/portfolios", "portfolios")
+READ_CHUNK = 64 * 1024
+
+UPLOAD_RESPONSES: Responses = {
+    201: {"description": "Stored; onboarding started.", "links": {
+        name: {"operationRef": "#/paths/" + path.replace("/", "~1") + "/get",
+               "parameters": {"portfolio_id": "$response.body#/portfolio_id"}}
+        for name, path in (
+            ("OnboardingStatus", "/api/v1/onboarding/status/{portfolio_id}"),
+            ("Portfolio", "/api/v1/portfolios/{portfolio_id}"),
+            ("Snapshots", "/api/v1/portfolios/{portfolio_id}/snapshots"),
+            ("Positions", "/api/v1/portfolios/{portfolio_id}/positions"),
+            ("FactorExposures", "/api/v1/portfolios/{portfolio_id}/factor-exposures"))}},
+    422: {"model": ErrorResponse, "description": (
+        "The file or form was rejected. `errors` lists every problem as {row, column, "
+        "message}; `row` is the line number in the file as an editor shows it (comments and "
+        "header count). Nothing was saved.")}}
+
+
+async def _read_limited(file: UploadFile, limit: int) -> bytes:
+    """Read at most limit+1 bytes: enough to know the file is too large, no more."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await file.read(READ_CHUNK)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+@router.post("", status_code=201, response_model=UploadResponse,
+             responses=UPLOAD_RESPONSES, summary="Upload a portfolio CSV (docs/design.md §8 format)")
+async def create_portfolio(
+    state: StateDep,
+    caller: CallerDep,
+    file: Annotated[UploadFile, File(description="The CSV, UTF-8, at most 2 MB.")],
+    name: Annotated[str, Form(description="Portfolio name.")],
+    equity_balance: Annotated[str | None, Form(description=(
+        "Starting equity. Default: the net entry value of the positions."))] = None,
+) -> UploadResponse | JSONResponse:
+    """Store a portfolio from a CSV and start its onboarding.
+
+    Header (exact, first line that is not a `#` comment):
+    `Symbol,Quantity,Entry Price Per Share,Entry Date,Investment Class,Investment Subtype,`
+    `Underlying Symbol,Strike Price,Expiration Date,Option Type,Exit Date,Exit Price Per Share`
+
+    - UTF-8 (a BOM is fine), at most 2 MB and 10,000 positions; `#` lines are ignored.
+    - Quantity ≠ 0 (negative = short, ≤ 6 decimals); entry price > 0 (≤ 4 decimals), except
+      that an OPTIONS row may record a premium of 0; dates `YYYY-MM-DD`, not in the future;
+      an exit date comes after the entry date and with an exit price.
+    - Investment Class PUBLIC / OPTIONS / PRIVATE, or blank to detect it (OCC option
+      symbols, names with `_` or private markers, cash and money-market funds).
+    - Options need Underlying Symbol, Strike Price, Expiration Date and Option Type
+      (CALL/PUT); with a blank Symbol an OCC-style symbol is built.
+    - A row identical to an earlier one is a duplicate (two lots that differ are fine).
+
+    Any problem rejects the whole upload with 422 and every problem as `{row, column,
+    message}`, `row` being the line number in the file as an editor shows it; nothing is
+    saved. Otherwise 201: `completed` at once when every symbol was already known
+    (`v2_instant`), else `running` while new symbols are fetched (`v2_async`); poll
+    `/api/v1/onboarding/status/{portfolio_id}`.
+    """
+    data = await _read_limited(file, MAX_UPLOAD_BYTES)
+    try:
+        result = await upload_portfolio(
+            database_url=state.database_url, publish=state.publish, user_id=caller.user_id,
+            username=caller.username, name=name, data=data, equity_balance=equity_balance,
+            snapshot_maker=state.snapshot_maker,
+            retry_failed_after_seconds=state.settings.duplicate_window_seconds)
+    except UploadRejected as exc:
+        state.metrics.uploads.labels("rejected").inc()
+        return rejected(exc.problems)
+    state.metrics.uploads.labels(result.mode).inc()
+    return UploadResponse(
+        portfolio_id=result.portfolio_id, positions_created=result.positions_created,
+        symbols_known=len(result.symbols_known), symbols_queued=len(result.symbols_queued),
+        status=result.status, mode=result.mode, queued_symbols=result.symbols_queued)
+
+
+@router.get("", response_model=list[PortfolioOut], summary="The caller's portfolios")
+async def list_portfolios(session: SessionDep, caller: CallerDep) -> list[dict[str, Any]]:
+    return await queries.portfolios(session, caller.user_id)
+
+
+@router.get("/{portfolio_id}", response_model=PortfolioDetail, responses=NOT_FOUND)
+async def get_portfolio(session: SessionDep, portfolio: OwnedPortfolioDep) -> dict[str, Any]:
+    latest = await queries.snapshots(session, portfolio["portfolio_id"], None, None, limit=1,
+                                     newest_first=True)
+    return {**portfolio, "latest_snapshot": latest[0] if latest else None}
+
+
+@router.get("/{portfolio_id}/snapshots", response_model=list[SnapshotOut],
+            responses=NOT_FOUND, summary="Complete daily snapshots, oldest first")
+async def get_snapshots(session: SessionDep, portfolio: OwnedPortfolioDep,
+                        start: dt.date | None = None,
+                        end: dt.date | None = None) -> list[dict[str, Any]]:
+    return await queries.snapshots(session, portfolio["portfolio_id"], start, end)
+
+
+@router.get("/{portfolio_id}/positions", response_model=list[PositionOut],
+            responses=NOT_FOUND, summary="Positions with their latest valuation")
+async def get_positions(session: SessionDep,
+                        portfolio: OwnedPortfolioDep) -> list[dict[str, Any]]:
+    return await queries.positions(session, portfolio["portfolio_id"])
+
+
+@router.get("/{portfolio_id}/factor-exposures",
+            response_model=PortfolioFactorExposures, responses=NOT_FOUND,
+            summary="Portfolio factor exposures on a date (default: the latest; a date without "
+                    "exposures answers the latest before it)")
+async def get_factor_exposures(session: SessionDep, portfolio: OwnedPortfolioDep,
+                               date: dt.date | None = None) -> dict[str, Any]:
+    return await queries.factor_exposures(session, portfolio["portfolio_id"], date)
