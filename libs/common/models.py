@@ -87,6 +87,13 @@ class Portfolio(Base):
     currency: Mapped[str] = mapped_column(String(3), nullable=False, server_default="USD")
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     created_at: Mapped[dt.datetime] = created_at_column()
+    # The web frontend's account (DESIGN §9 adapters, docs/frontend.md): unique per user.
+    account_name: Mapped[str | None] = mapped_column(String(100))
+    account_type: Mapped[str | None] = mapped_column(String(16))
+    __table_args__ = (
+        Index("uq_portfolios_user_account_name", "user_id", "account_name", unique=True,
+              postgresql_where=text("account_name IS NOT NULL")),
+    )
 
 
 class Position(Base):

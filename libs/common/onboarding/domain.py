@@ -112,3 +112,10 @@ def progress(
         phase_unit=unit,
         phase_states=states,
     )
+
+
+# The web frontend's accounts (docs/frontend.md): a portfolio may carry an account name,
+# unique per user, and one of these account types (the frontend's upload form offers them).
+ACCOUNT_TYPES: tuple[str, ...] = (
+    "taxable", "ira", "roth_ira", "401k", "403b", "529", "hsa", "trust", "other")
+MAX_ACCOUNT_NAME_LENGTH = 100

@@ -51,15 +51,18 @@ async def store_upload(
     equity_balance: Decimal,
     requested_by: str,
     retry_failed_after_seconds: float,
+    account_name: str | None = None,
+    account_type: str | None = None,
 ) -> StoredUpload:
     """Portfolio, positions and onboarding state in the caller's transaction."""
     portfolio_id = uuid.uuid4()
     await session.execute(
         text(
-            "INSERT INTO portfolios (id, user_id, name, equity_balance) "
-            "VALUES (:id, :user_id, :name, :equity)"
+            "INSERT INTO portfolios (id, user_id, name, equity_balance, account_name, "
+            "account_type) VALUES (:id, :user_id, :name, :equity, :account_name, :account_type)"
         ),
-        {"id": portfolio_id, "user_id": user_id, "name": name, "equity": equity_balance},
+        {"id": portfolio_id, "user_id": user_id, "name": name, "equity": equity_balance,
+         "account_name": account_name, "account_type": account_type},
     )
     await _insert_positions(session, portfolio_id, positions)
 
@@ -132,6 +135,13 @@ async def store_upload(
     )
     await add_activity(session, [portfolio_id], message)
     return StoredUpload(portfolio_id, len(positions), sorted(known), queued, failed)
+
+
+async def account_name_taken(session: AsyncSession, user_id: uuid.UUID, account_name: str) -> bool:
+    return bool((await session.execute(
+        text("SELECT EXISTS (SELECT 1 FROM portfolios "
+             "WHERE user_id = :user_id AND account_name = :account_name)"),
+        {"user_id": user_id, "account_name": account_name})).scalar_one())
 
 
 async def _insert_positions(

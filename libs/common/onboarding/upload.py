@@ -23,10 +23,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from sqlalchemy.exc import IntegrityError
+
 from libs.common.db import session_scope
 from libs.common.events import SymbolOnboardRequested
 from libs.common.onboarding import store
-from libs.common.onboarding.domain import MODE_ASYNC, MODE_INSTANT, default_equity
+from libs.common.onboarding.domain import (
+    ACCOUNT_TYPES,
+    MAX_ACCOUNT_NAME_LENGTH,
+    MODE_ASYNC,
+    MODE_INSTANT,
+    default_equity,
+)
 from libs.common.onboarding.snapshot_requests import (
     Publish,
     fallback_as_of,
@@ -48,6 +56,22 @@ class UploadRejected(Exception):
         self.problems = problems
 
 
+class DuplicateAccountName(Exception):
+    """The caller already has a portfolio under this account name (nothing was written)."""
+
+    def __init__(self, account_name: str) -> None:
+        super().__init__(f"You already have an account named '{account_name}'.")
+        self.account_name = account_name
+
+
+@dataclass(frozen=True)
+class Account:
+    """The frontend's account of a portfolio: name (unique per user) and type."""
+
+    name: str
+    type: str
+
+
 @dataclass(frozen=True)
 class UploadResult:
     portfolio_id: uuid.UUID
@@ -58,16 +82,38 @@ class UploadResult:
     mode: str
 
 
-def check_form(name: str, equity_balance: str | None) -> tuple[str, Decimal | None]:
+def check_account(account_name: str | None, account_type: str | None,
+                  problems: list[CsvProblem]) -> Account | None:
+    """Validate an account (both fields or neither); problems use the field names."""
+    if account_name is None and account_type is None:
+        return None
+    clean_name = (account_name or "").strip()
+    clean_type = (account_type or "").strip().lower()
+    if not clean_name:
+        problems.append(CsvProblem(None, "account_name", "The account needs a name."))
+    elif any(ord(ch) < 32 for ch in clean_name):
+        problems.append(CsvProblem(None, "account_name",
+                                   "The account name contains control characters."))
+    elif len(clean_name) > MAX_ACCOUNT_NAME_LENGTH:
+        problems.append(CsvProblem(None, "account_name", (
+            f"The account name is longer than {MAX_ACCOUNT_NAME_LENGTH} characters.")))
+    if clean_type not in ACCOUNT_TYPES:
+        problems.append(CsvProblem(None, "account_type", (
+            f"account_type '{account_type or ''}' must be one of: {', '.join(ACCOUNT_TYPES)}.")))
+    return Account(clean_name, clean_type)
+
+
+def check_form(name: str, equity_balance: str | None, *, name_field: str = "name",
+               ) -> tuple[str, Decimal | None]:
     """Validate the non-file form fields; problems use the field name as column."""
     problems: list[CsvProblem] = []
     clean_name = (name or "").strip()
     if not clean_name:
-        problems.append(CsvProblem(None, "name", "The portfolio needs a name."))
+        problems.append(CsvProblem(None, name_field, "The portfolio needs a name."))
     elif any(ord(ch) < 32 for ch in clean_name):
-        problems.append(CsvProblem(None, "name", "The name contains control characters."))
+        problems.append(CsvProblem(None, name_field, "The name contains control characters."))
     elif len(clean_name) > MAX_NAME_LENGTH:
-        problems.append(CsvProblem(None, "name",
+        problems.append(CsvProblem(None, name_field,
                                    f"The name is longer than {MAX_NAME_LENGTH} characters."))
     equity: Decimal | None = None
     if equity_balance is not None and equity_balance.strip():
@@ -95,13 +141,22 @@ async def upload_portfolio(
     equity_balance: str | None = None,
     snapshot_maker: SnapshotMaker | None = None,
     retry_failed_after_seconds: float = 3600.0,
+    account_name: str | None = None,
+    account_type: str | None = None,
+    name_field: str = "name",
 ) -> UploadResult:
+    """Validate, store and start onboarding; UploadRejected lists every problem.
+
+    With an account (the web frontend's upload), a second portfolio under the same account
+    name raises DuplicateAccountName; the unique index decides between concurrent uploads.
+    """
     problems: list[CsvProblem] = []
     try:
-        clean_name, equity = check_form(name, equity_balance)
+        clean_name, equity = check_form(name, equity_balance, name_field=name_field)
     except UploadRejected as exc:
         problems.extend(exc.problems)
         clean_name, equity = name, None
+    account = check_account(account_name, account_type, problems)
     if len(data) > PARSE_IN_THREAD_BYTES:
         # ~40 µs a row: a big file would stall every other request of this event loop.
         parsed = await asyncio.to_thread(parse_portfolio_csv, data, today=latest_allowed_date())
@@ -119,16 +174,27 @@ async def upload_portfolio(
     assert equity is not None
 
     data_symbols = sorted({s for p in parsed.positions if (s := p.market_data_symbol)})
-    async with session_scope(database_url) as session:
-        stored = await store.store_upload(
-            session, user_id=user_id, name=clean_name, positions=parsed.positions,
-            data_symbols=data_symbols, equity_balance=equity, requested_by=username,
-            retry_failed_after_seconds=retry_failed_after_seconds)
-        waits_for_nothing = not stored.symbols_queued
-        if waits_for_nothing:
-            # Nothing can settle concurrently: the readiness flip joins this transaction.
-            requests = await store.request_snapshot_if_ready(
-                session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
+    try:
+        async with session_scope(database_url) as session:
+            if account is not None and await store.account_name_taken(
+                    session, user_id, account.name):
+                raise DuplicateAccountName(account.name)
+            stored = await store.store_upload(
+                session, user_id=user_id, name=clean_name, positions=parsed.positions,
+                data_symbols=data_symbols, equity_balance=equity, requested_by=username,
+                retry_failed_after_seconds=retry_failed_after_seconds,
+                account_name=account.name if account else None,
+                account_type=account.type if account else None)
+            waits_for_nothing = not stored.symbols_queued
+            if waits_for_nothing:
+                # Nothing can settle concurrently: the readiness flip joins this transaction.
+                requests = await store.request_snapshot_if_ready(
+                    session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
+    except IntegrityError as exc:
+        # A concurrent upload under the same account name committed first.
+        if account is not None and "uq_portfolios_user_account_name" in str(exc.orig):
+            raise DuplicateAccountName(account.name) from exc
+        raise
 
     for symbol in stored.symbols_queued:
         await publish(SymbolOnboardRequested(symbol=symbol, portfolio_id=stored.portfolio_id,
