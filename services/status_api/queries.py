@@ -57,7 +57,11 @@ async def onboarding_status(
     if row is None:
         return None
     if row["status"] is None:
-        return {"portfolio_id": portfolio_id, "status": "not_found"}
+        # Every field present (as null/empty): the web frontend's progress page reads them.
+        return {"portfolio_id": portfolio_id, "status": "not_found", "mode": None,
+                "started_at": None, "elapsed_seconds": 0, "overall_progress": None,
+                "current_phase_progress": None, "phases": [], "activity_log": [],
+                "snapshot_date": None, "failed_symbols": [], "error": None}
     status = row["status"]
     if status == "running" and (row["snapshot_done"] or row["snapshot_error"]):
         # The outcome arrived since the last look: record it once (idempotent), then re-read.
@@ -81,12 +85,14 @@ async def onboarding_status(
         snapshot_done=snapshot_done,
         failed=status == "failed",
     )
+    durations = _phase_durations(row)
     phases = [
         {
             "phase_id": f"phase_{i + 1}",
             "phase_name": name,
             "status": prog.phase_states[i],
             **_phase_counts(key, row, snapshot_done),
+            "duration_seconds": durations[key],
         }
         for i, (key, name) in enumerate(PHASES)
     ]
@@ -98,7 +104,8 @@ async def onboarding_status(
         "status": status,
         "mode": row["mode"],
         "started_at": row["started_at"],
-        "elapsed_seconds": round(((finished or now) - row["started_at"]).total_seconds(), 3),
+        # Whole seconds: the web frontend prints it as "Xm Ys".
+        "elapsed_seconds": int(((finished or now) - row["started_at"]).total_seconds()),
         "overall_progress": {
             "current_phase": f"phase_{prog.current_phase}",
             "current_phase_name": prog.phase_name,
@@ -113,6 +120,20 @@ async def onboarding_status(
         "snapshot_date": row["snapshot_date"],
         "failed_symbols": list(row["failed_symbols"] or []),
         "error": row["error"],
+    }
+
+
+def _phase_durations(row: Any) -> dict[str, int | None]:
+    """Whole seconds each finished phase took, from the onboarding row's timestamps: the
+    upload is stored in its request (0), symbols until the snapshot was requested, the
+    snapshot until the onboarding finished. None while a phase has not finished."""
+    requested = row["snapshot_requested_at"]
+    return {
+        "upload": 0,
+        "symbols": (None if requested is None
+                    else int((requested - row["started_at"]).total_seconds())),
+        "snapshot": (None if requested is None or row["finished_at"] is None
+                     else int((row["finished_at"] - requested).total_seconds())),
     }
 
 

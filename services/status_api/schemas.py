@@ -61,6 +61,7 @@ class PhaseOut(BaseModel):
     current: int
     total: int
     unit: str
+    duration_seconds: int | None = Field(None, description="Whole seconds, once finished.")
 
 
 class ActivityLine(BaseModel):
@@ -74,7 +75,8 @@ class OnboardingStatus(BaseModel):
     status: Literal["not_found", "running", "completed", "partial", "failed"]
     mode: Literal["v2_instant", "v2_async"] | None = None
     started_at: dt.datetime | None = None
-    elapsed_seconds: float | None = None
+    elapsed_seconds: int = Field(0, description="Whole seconds since the upload (frozen at "
+                                                "the finish).")
     overall_progress: OverallProgress | None = None
     current_phase_progress: PhaseProgress | None = None
     phases: list[PhaseOut] = Field(default_factory=list)
