@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None, *,
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
             allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(UploadSizeLimit, path="/api/v1/portfolios", limit=MAX_UPLOAD_BYTES)
+    app.add_middleware(UploadSizeLimit, path="/api/v1/onboarding/create-portfolio",
+                       limit=MAX_UPLOAD_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     install_error_handlers(app)
     include_routers(app)

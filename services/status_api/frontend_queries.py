@@ -90,13 +90,14 @@ async def run_status(session: AsyncSession, portfolio_id: uuid.UUID,
             FROM (SELECT 1) one
             LEFT JOIN LATERAL (
                 SELECT status, started_at, finished_at FROM batch_run_history
-                WHERE job_type = :job_type AND CAST(:d AS date) IS NOT NULL
-                  AND job_key IN (CAST(:p AS text) || ':' || CAST(:d AS text),
-                                  'refresh:' || CAST(:p AS text) || ':' || CAST(:d AS text))
+                WHERE job_type = :job_type AND job_key = ANY(CAST(:keys AS text[]))
                 ORDER BY started_at DESC LIMIT 1) j ON true
             """
         ),
-        {"p": portfolio_id, "d": day, "job_type": REFRESH_REQUEST_JOB},
+        # The running job's key, and the message id a dead letter may be recorded under.
+        {"p": portfolio_id, "d": day, "job_type": REFRESH_REQUEST_JOB,
+         "keys": [] if day is None else [f"{portfolio_id}:{day.isoformat()}",
+                                         f"refresh:{portfolio_id}:{day.isoformat()}"]},
     )).mappings().one()
     if row["done"] or row["job_status"] in ("completed", "partial"):
         status = "completed"

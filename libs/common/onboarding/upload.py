@@ -80,6 +80,10 @@ class UploadResult:
     symbols_queued: list[str]
     status: str  # running / completed / partial
     mode: str
+    name: str = ""  # as stored (trimmed)
+    equity_balance: Decimal = Decimal(0)  # as stored (given, or the default)
+    account_name: str | None = None
+    account_type: str | None = None
 
 
 def check_account(account_name: str | None, account_type: str | None,
@@ -230,4 +234,8 @@ async def upload_portfolio(
         symbols_queued=stored.symbols_queued,
         status=status,
         mode=MODE_ASYNC if (stored.symbols_queued or stored.symbols_failed) else MODE_INSTANT,
+        name=clean_name,
+        equity_balance=equity,
+        account_name=account.name if account else None,
+        account_type=account.type if account else None,
     )

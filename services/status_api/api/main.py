@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.status_api.api.routes import admin, batch, onboarding, ops, portfolios, symbols
+from services.status_api.api.routes import (
+    admin,
+    batch,
+    frontend_onboarding,
+    onboarding,
+    ops,
+    portfolios,
+    symbols,
+)
 
 ROUTERS = (portfolios.router, onboarding.router, batch.router, admin.router, symbols.router,
-           ops.router)
+           ops.router, frontend_onboarding.router)
 
 
 def include_routers(app: FastAPI) -> None:
