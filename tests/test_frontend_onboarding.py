@@ -185,6 +185,9 @@ async def test_calculate_and_batch_status(settings):
         unknown = await client.get(
             f"/api/v1/portfolios/{done['portfolio_id']}/batch-status/{uuid.uuid4()}",
             headers=headers)
+        not_a_date = await client.get(
+            f"/api/v1/portfolios/{done['portfolio_id']}/batch-status/refresh-2026-02-30",
+            headers=headers)
         foreign = await client.post(f"/api/v1/portfolios/{done['portfolio_id']}/calculate",
                                     headers=bob)
     trigger, status = runs[done["portfolio_id"]]
@@ -195,6 +198,7 @@ async def test_calculate_and_batch_status(settings):
     assert (trigger.batch_run_id, status.status) == ("onboarding", "running")
     assert status.started_at and status.elapsed_seconds >= 0 and status.triggered_by == "alice"
     assert BatchStatusResponse.model_validate(unknown.json()).status == "idle"
+    assert not_a_date.json()["status"] == "idle"
     assert foreign.status_code == 404
 
 

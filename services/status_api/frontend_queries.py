@@ -79,7 +79,10 @@ async def run_status(session: AsyncSession, portfolio_id: uuid.UUID,
     match = REFRESH_RUN.match(batch_run_id)
     if match is None:
         return {"status": "idle", "started_at": None, "finished_at": None}
-    day = None if match.group(1) == "latest" else dt.date.fromisoformat(match.group(1))
+    try:
+        day = None if match.group(1) == "latest" else dt.date.fromisoformat(match.group(1))
+    except ValueError:  # shaped like a date, but not one: a run never handed out
+        return {"status": "idle", "started_at": None, "finished_at": None}
     row = (await session.execute(
         text(
             """
