@@ -21,12 +21,12 @@ import json
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sigmabatch.supervisor import SERVICES, AlreadyRunning, PortInUse, running_runtime
+from sigmabatch.tables import format_table, short
 
 log = logging.getLogger("sigmabatch")
 
@@ -83,18 +83,6 @@ def require_nats_url(data_dir: Path) -> str:
     return nats_url
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A plain aligned text table (operators read it in a terminal or a cron mail)."""
-    if not rows:
-        return "  (none)"
-    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    header = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
-    lines = ["  " + header, "  " + "  ".join("-" * w for w in widths)]
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
-
-
 # -- commands ------------------------------------------------------------------------------
 
 
@@ -116,33 +104,9 @@ def cmd_service(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-async def publish_nightly(
-    nats_url: str, target_date: dt.date | None, requested_by: str, rerun: bool
-) -> tuple[str, bool]:
-    """Publish `batch.nightly.requested`; returns (msg id, published-not-duplicate)."""
-    import nats
-
-    from libs.common import bus
-    from libs.common.events import BatchNightlyRequested
-    from libs.common.service import declare_streams
-
-    settings = _settings()
-    message = BatchNightlyRequested(
-        target_date=target_date,
-        requested_by=requested_by,
-        rerun_token=uuid.uuid4().hex[:12] if rerun else None,
-    )
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
-    try:
-        js = nc.jetstream()
-        topology = await declare_streams(js, settings)
-        published = await bus.publish(js, topology, message)
-    finally:
-        await nc.close()
-    return message.message_id(), published
-
-
 def cmd_trigger(args: argparse.Namespace) -> int:
+    from sigmabatch.trigger import publish_nightly
+
     nats_url = require_nats_url(args.data_dir)
     msg_id, published = asyncio.run(
         publish_nightly(nats_url, args.date, args.requested_by, args.rerun)
@@ -186,59 +150,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 async def gather_status(database_url: str, nats_url: str | None) -> dict[str, Any]:
     """Jobs, the watermark and bus lag, as one JSON-able dict."""
-    from sqlalchemy import text
-
     from libs.common.db import dispose_engines, session_scope
+    from sigmabatch.queries import system_status
 
-    status: dict[str, Any] = {}
     try:
         async with session_scope(database_url) as session:
-            watermark = (
-                await session.execute(
-                    text(
-                        "SELECT max(batch_date) FILTER (WHERE status = 'completed') AS completed, "
-                        "max(batch_date) AS latest, count(*) AS dates "
-                        "FROM symbol_batch_dates"
-                    )
-                )
-            ).one()
-            status["watermark"] = {
-                "last_completed_date": watermark.completed,
-                "last_date": watermark.latest,
-                "dates_recorded": watermark.dates,
-            }
-            columns = (
-                "job_type, job_key, status, current_phase, progress_current, progress_total, "
-                "progress_unit, attempts, started_at, heartbeat_at, finished_at, error"
-            )
-            running = await session.execute(
-                text(
-                    f"SELECT {columns} FROM batch_run_history WHERE status = 'running' "
-                    "ORDER BY started_at"
-                )
-            )
-            status["running"] = [dict(r) for r in running.mappings()]
-            recent = await session.execute(
-                text(
-                    f"SELECT {columns} FROM batch_run_history WHERE status <> 'running' "
-                    "ORDER BY coalesce(finished_at, started_at) DESC LIMIT 10"
-                )
-            )
-            status["recent"] = [dict(r) for r in recent.mappings()]
-            latest = await session.execute(
-                text(
-                    f"SELECT DISTINCT ON (job_type) {columns} FROM batch_run_history "
-                    "ORDER BY job_type, started_at DESC"
-                )
-            )
-            status["latest_per_type"] = [dict(r) for r in latest.mappings()]
-            counts = await session.execute(
-                text(
-                    "SELECT status, count(*) AS n FROM batch_run_history "
-                    "WHERE started_at > now() - interval '1 day' GROUP BY status"
-                )
-            )
-            status["last_24h"] = {r.status: r.n for r in counts}
+            status = await system_status(session)
     finally:
         await dispose_engines()
     status["bus"] = await _bus_status(nats_url)
@@ -276,14 +193,6 @@ async def _bus_status(nats_url: str | None) -> dict[str, Any]:
         await nc.close()
 
 
-def _short(value: Any, width: int = 60) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    if isinstance(value, str) and len(value) > width:
-        return value[: width - 1] + "…"
-    return value
-
-
 def render_status(status: dict[str, Any]) -> str:
     mark = status["watermark"]
     job_columns = ["job_type", "job_key", "status", "phase", "progress", "started_at", "error"]
@@ -291,7 +200,7 @@ def render_status(status: dict[str, Any]) -> str:
     def job_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
             {
-                **{k: _short(v) for k, v in row.items()},
+                **{k: short(v) for k, v in row.items()},
                 "phase": row["current_phase"],
                 "progress": f"{row['progress_current']}/{row['progress_total']}"
                 + (f" {row['progress_unit']}" if row["progress_unit"] else ""),

@@ -31,8 +31,11 @@ from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from sigmabatch import queries
 from sigmabatch.supervisor import Supervisor, describe, install_stop_signals
+from sigmabatch.tables import format_table, money
 
 DEMO_USER = "demo"
 DEMO_BACKFILL_SESSIONS = 15  # three weeks of trading days: a visible backfill, seconds to run
@@ -101,10 +104,6 @@ def phase_seconds(phase: dict[str, Any]) -> float | None:
     return (finished - started).total_seconds()
 
 
-def money(value: Decimal | float | None) -> str:
-    return "" if value is None else f"{Decimal(value):,.2f}"
-
-
 # -- the demo -----------------------------------------------------------------------------
 
 
@@ -140,11 +139,12 @@ class Demo:
         self.timings.append((name, time.monotonic() - began))
         return result
 
-    async def fetch(self, sql: str, **params: Any) -> list[Any]:
+    async def read(self, query: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run one read query of `sigmabatch.queries` in its own short transaction."""
         from libs.common.db import session_scope
 
         async with session_scope(self.database_url) as session:
-            return list((await session.execute(text(sql), params)).mappings())
+            return await query(session)
 
     async def execute(self, sql: str, **params: Any) -> None:
         from libs.common.db import session_scope
@@ -170,14 +170,10 @@ class Demo:
 
     # 3 and 5. nightly batch
     async def watermark(self) -> dt.date | None:
-        rows = await self.fetch(
-            "SELECT max(batch_date) AS d FROM symbol_batch_dates "
-            "WHERE status IN ('completed', 'partial')"
-        )
-        return rows[0]["d"]
+        return await self.read(queries.batch_watermark)
 
     async def run_nightly(self, target: dt.date) -> None:
-        from sigmabatch.cli import publish_nightly
+        from sigmabatch.trigger import publish_nightly
 
         msg_id, published = await publish_nightly(
             self.supervisor.nats_url, target, requested_by="demo", rerun=False
@@ -189,12 +185,10 @@ class Demo:
         )
 
         async def done() -> dt.date | None:
-            rows = await self.fetch(
-                "SELECT batch_date FROM symbol_batch_dates WHERE batch_date = :d", d=target
-            )
-            if not rows:
+            recorded = await self.read(lambda s: queries.batch_date_recorded(s, target))
+            if not recorded:
                 await self.raise_on_dead_letters()
-            return target if rows else None
+            return target if recorded else None
 
         await _poll(
             f"the symbol batch of {target}",
@@ -206,12 +200,7 @@ class Demo:
     async def raise_on_dead_letters(self) -> None:
         """Fail fast: a job that exhausted its deliveries will not finish by waiting longer.
         Failed attempts that will be retried are reported once each."""
-        rows = await self.fetch(
-            "SELECT id, job_type, job_key, error, (result->>'dead_letter') = 'true' AS dead "
-            "FROM batch_run_history WHERE status = 'failed' AND started_at >= :since "
-            "ORDER BY started_at",
-            since=self.started,
-        )
+        rows = await self.read(lambda s: queries.failed_jobs_since(s, self.started))
         for row in rows:
             if row["id"] not in self.reported_failures:
                 self.reported_failures.add(row["id"])
@@ -236,17 +225,9 @@ class Demo:
         async with session_scope(self.database_url) as session:
             return await create_user_token(session, DEMO_USER, admin=False, name="sigmabatch demo")
 
-    async def existing_portfolios(self) -> dict[str, uuid.UUID]:
-        rows = await self.fetch(
-            "SELECT p.name, p.id FROM portfolios p JOIN users u ON u.id = p.user_id "
-            "WHERE u.username = :user",
-            user=DEMO_USER,
-        )
-        return {row["name"]: row["id"] for row in rows}
-
     async def upload_examples(self, client: httpx.AsyncClient) -> dict[str, str]:
         """name → portfolio id; portfolios uploaded by an earlier run are reused."""
-        existing = await self.existing_portfolios()
+        existing = await self.read(lambda s: queries.portfolios_of(s, DEMO_USER))
         portfolios: dict[str, str] = {}
         for path in self.examples:
             name = path.stem
@@ -300,21 +281,7 @@ class Demo:
         complete_since: list[float] = []
 
         async def all_there() -> bool | None:
-            rows = await self.fetch(
-                """
-                SELECT count(*) FILTER (WHERE s.is_complete) AS snapshots,
-                       count(*) FILTER (WHERE EXISTS (
-                           SELECT 1 FROM factor_exposures f
-                           WHERE f.portfolio_id = s.portfolio_id
-                             AND f.calculation_date = s.snapshot_date)) AS exposed,
-                       coalesce(sum(s.position_count), 0) AS positions_valued
-                FROM portfolio_snapshots s
-                WHERE s.portfolio_id = ANY(:ids) AND s.snapshot_date = :d
-                """,
-                ids=ids,
-                d=day,
-            )
-            counts = rows[0]
+            counts = await self.read(lambda s: queries.snapshot_progress(s, ids, day))
             if counts["snapshots"] == len(ids) and counts["exposed"] == len(ids):
                 return True
             await self.raise_on_dead_letters()
@@ -341,113 +308,9 @@ class Demo:
 
     # summary
     async def summary(self, portfolios: dict[str, str], day: dt.date) -> str:
-        from sigmabatch.cli import format_table
-
-        dates = await self.fetch(
-            "SELECT min(batch_date) AS first, max(batch_date) AS last, count(*) AS n, "
-            "count(*) FILTER (WHERE status = 'partial') AS partial, "
-            "max(symbols_total) AS symbols, sum(symbols_failed) AS failed "
-            "FROM symbol_batch_dates"
-        )
-        prices = await self.fetch(
-            "SELECT count(*) AS n, count(*) FILTER (WHERE source LIKE '%synthetic%') AS synthetic "
-            "FROM market_data_cache"
-        )
-        factor_rows = await self.fetch(
-            "SELECT count(DISTINCT symbol) AS symbols FROM symbol_factor_exposures "
-            "WHERE calculation_date = :d",
-            d=day,
-        )
         ids = [uuid.UUID(p) for p in portfolios.values()]
-        snapshot_rows = await self.fetch(
-            """
-            SELECT p.name, s.position_count, s.total_value, s.gross_exposure, s.daily_pnl,
-                   s.daily_return, s.cumulative_pnl, s.has_stale_prices, s.has_model_prices,
-                   (SELECT count(*) FROM portfolio_snapshots a
-                    WHERE a.portfolio_id = p.id AND a.is_complete) AS snapshots,
-                   (SELECT count(*) FROM factor_exposures f
-                    WHERE f.portfolio_id = p.id AND f.calculation_date = :d) AS factors
-            FROM portfolios p JOIN portfolio_snapshots s
-              ON s.portfolio_id = p.id AND s.snapshot_date = :d
-            WHERE p.id = ANY(:ids) ORDER BY p.name
-            """,
-            ids=ids,
-            d=day,
-        )
-        phase_rows = await self.fetch(
-            """
-            SELECT job_type, status, phases, started_at, finished_at FROM batch_run_history
-            ORDER BY started_at
-            """
-        )
-        d = dates[0]
-        lines = [
-            "",
-            "sigmabatch demo summary",
-            "=======================",
-            f"Dates processed   {d['n']} trading days, {d['first']} .. {d['last']}"
-            + (f" ({d['partial']} partial)" if d["partial"] else ""),
-            f"Symbols           {d['symbols']} per date ({d['failed'] or 0} failures in total); "
-            f"{factor_rows[0]['symbols']} with factor betas on {day}",
-            f"Prices            {prices[0]['n']} daily bars ({prices[0]['synthetic']} synthetic, "
-            "flagged in `source`)",
-            f"Portfolios        {len(portfolios)}",
-            "",
-            f"Portfolios on {day} (P&L of the last day):",
-        ]
-        table = [
-            {
-                "portfolio": row["name"],
-                "positions": row["position_count"],
-                "net value": money(row["total_value"]),
-                "gross": money(row["gross_exposure"]),
-                "day P&L": money(row["daily_pnl"]),
-                "day return": f"{Decimal(row['daily_return']) * 100:.2f}%"
-                if row["daily_return"] is not None
-                else "",
-                "cumulative P&L": money(row["cumulative_pnl"]),
-                "snapshots": row["snapshots"],
-                "factors": row["factors"],
-                "flags": ",".join(
-                    flag
-                    for flag, on in (
-                        ("stale", row["has_stale_prices"]),
-                        ("model", row["has_model_prices"]),
-                    )
-                    if on
-                ),
-            }
-            for row in snapshot_rows
-        ]
-        total = sum((Decimal(r["daily_pnl"] or 0) for r in snapshot_rows), Decimal(0))
-        lines.append(
-            format_table(
-                table,
-                [
-                    "portfolio",
-                    "positions",
-                    "net value",
-                    "gross",
-                    "day P&L",
-                    "day return",
-                    "cumulative P&L",
-                    "snapshots",
-                    "factors",
-                    "flags",
-                ],
-            )
-        )
-        lines.append(f"  total P&L of {day}: {money(total)}")
-        lines += ["", "Time per phase (batch_run_history, all runs in this data dir):"]
-        lines.append(format_table(_phase_table(phase_rows), ["job", "phase", "runs", "seconds"]))
-        lines += ["", "Time per demo step:"]
-        lines.append(
-            format_table(
-                [{"step": name, "seconds": f"{seconds:.1f}"} for name, seconds in self.timings],
-                ["step", "seconds"],
-            )
-        )
-        return "\n".join(lines)
+        data = await self.read(lambda s: queries.demo_summary(s, ids, day))
+        return render_summary(data, len(portfolios), day, self.timings)
 
     async def run(self) -> str:
         from libs.common.calendar import effective_trading_date, lookback_start
@@ -480,6 +343,65 @@ class Demo:
             self.say(f"the watermark is already at {target}: nothing to backfill")
         await self.step("snapshots + exposures", self.wait_snapshots(portfolios, target))
         return await self.summary(portfolios, target)
+
+
+SNAPSHOT_COLUMNS = ["portfolio", "positions", "net value", "gross", "day P&L", "day return",
+                    "cumulative P&L", "snapshots", "factors", "flags"]
+
+
+def render_summary(data: dict[str, Any], portfolio_count: int, day: dt.date,
+                   timings: list[tuple[str, float]]) -> str:
+    """The demo's closing report from `queries.demo_summary` and the step timings."""
+    snapshots = data["snapshots"]
+    total = sum((Decimal(r["daily_pnl"] or 0) for r in snapshots), Decimal(0))
+    return "\n".join([
+        *_headline(data, portfolio_count, day),
+        "",
+        f"Portfolios on {day} (P&L of the last day):",
+        format_table([_snapshot_row(row) for row in snapshots], SNAPSHOT_COLUMNS),
+        f"  total P&L of {day}: {money(total)}",
+        "",
+        "Time per phase (batch_run_history, all runs in this data dir):",
+        format_table(_phase_table(data["jobs"]), ["job", "phase", "runs", "seconds"]),
+        "",
+        "Time per demo step:",
+        format_table([{"step": name, "seconds": f"{seconds:.1f}"} for name, seconds in timings],
+                     ["step", "seconds"]),
+    ])
+
+
+def _headline(data: dict[str, Any], portfolio_count: int, day: dt.date) -> list[str]:
+    d, prices = data["dates"], data["prices"]
+    return [
+        "",
+        "sigmabatch demo summary",
+        "=======================",
+        f"Dates processed   {d['n']} trading days, {d['first']} .. {d['last']}"
+        + (f" ({d['partial']} partial)" if d["partial"] else ""),
+        f"Symbols           {d['symbols']} per date ({d['failed'] or 0} failures in total); "
+        f"{data['beta_symbols']} with factor betas on {day}",
+        f"Prices            {prices['n']} daily bars ({prices['synthetic']} synthetic, "
+        "flagged in `source`)",
+        f"Portfolios        {portfolio_count}",
+    ]
+
+
+def _snapshot_row(row: dict[str, Any]) -> dict[str, Any]:
+    flags = [flag for flag, on in (("stale", row["has_stale_prices"]),
+                                   ("model", row["has_model_prices"])) if on]
+    return {
+        "portfolio": row["name"],
+        "positions": row["position_count"],
+        "net value": money(row["total_value"]),
+        "gross": money(row["gross_exposure"]),
+        "day P&L": money(row["daily_pnl"]),
+        "day return": "" if row["daily_return"] is None
+        else f"{Decimal(row['daily_return']) * 100:.2f}%",
+        "cumulative P&L": money(row["cumulative_pnl"]),
+        "snapshots": row["snapshots"],
+        "factors": row["factors"],
+        "flags": ",".join(flags),
+    }
 
 
 def _phase_table(rows: list[Any]) -> list[dict[str, Any]]:

@@ -23,9 +23,10 @@ import httpx
 import psutil
 import pytest
 
-from sigmabatch.cli import build_parser, format_table
+from sigmabatch.cli import build_parser
 from sigmabatch.demo import DEMO_BACKFILL_SESSIONS, BackfillPlan, demo_universe, plan_backfill
 from sigmabatch.supervisor import restart_delay
+from sigmabatch.tables import format_table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 90.0
