@@ -109,3 +109,110 @@ async def run_status(session: AsyncSession, portfolio_id: uuid.UUID,
     else:  # queued on the bus or being computed
         status = "running"
     return {"status": status, "started_at": row["started_at"], "finished_at": row["finished_at"]}
+
+
+# --- analytics reads ----------------------------------------------------------------------
+
+
+async def overview_figures(session: AsyncSession, portfolio_id: uuid.UUID) -> dict[str, Any]:
+    """The latest complete snapshot, P&L sums over the snapshots (total split into
+    unrealized/realized, year and month to date of that snapshot) and position counts."""
+    row = (await session.execute(
+        text(
+            """
+            WITH latest AS (
+                SELECT * FROM portfolio_snapshots
+                WHERE portfolio_id = :p AND is_complete
+                ORDER BY snapshot_date DESC LIMIT 1)
+            SELECT p.equity_balance AS starting_equity,
+                   l.snapshot_date, l.completed_at, l.equity, l.long_value, l.short_value,
+                   l.gross_exposure, l.net_exposure, l.cumulative_pnl,
+                   s.unrealized, s.realized, s.ytd, s.mtd,
+                   c.total, c.options, c.shorts, c.longs
+            FROM portfolios p
+            LEFT JOIN latest l ON true
+            LEFT JOIN LATERAL (
+                SELECT sum(daily_unrealized_pnl) AS unrealized,
+                       sum(daily_realized_pnl) AS realized,
+                       sum(daily_pnl) FILTER (WHERE snapshot_date
+                           >= date_trunc('year', l.snapshot_date)) AS ytd,
+                       sum(daily_pnl) FILTER (WHERE snapshot_date
+                           >= date_trunc('month', l.snapshot_date)) AS mtd
+                FROM portfolio_snapshots
+                WHERE portfolio_id = :p AND is_complete AND snapshot_date <= l.snapshot_date
+            ) s ON true
+            LEFT JOIN LATERAL (
+                SELECT count(*) AS total,
+                       count(*) FILTER (WHERE x.investment_class = 'OPTIONS') AS options,
+                       count(*) FILTER (WHERE x.investment_class <> 'OPTIONS'
+                                          AND x.quantity < 0) AS shorts,
+                       count(*) FILTER (WHERE x.investment_class <> 'OPTIONS'
+                                          AND x.quantity > 0) AS longs
+                FROM positions x
+                WHERE x.portfolio_id = :p AND (
+                    l.snapshot_date IS NULL OR EXISTS (
+                        SELECT 1 FROM position_snapshots ps WHERE ps.position_id = x.id
+                          AND ps.snapshot_date = l.snapshot_date))
+            ) c ON true
+            WHERE p.id = :p
+            """
+        ),
+        {"p": portfolio_id},
+    )).mappings().one()
+    return dict(row)
+
+
+async def position_factor_page(
+    session: AsyncSession, portfolio_id: uuid.UUID, symbols: list[str] | None,
+    limit: int, offset: int, factors: list[str],
+) -> dict[str, Any]:
+    """Positions with factor betas on the latest date that has any, by symbol; one page."""
+    day = (await session.execute(
+        text("SELECT max(calculation_date) FROM position_factor_exposures WHERE portfolio_id = :p"),
+        {"p": portfolio_id})).scalar_one_or_none()
+    if day is None:
+        return {"calculation_date": None, "total": 0, "positions": []}
+    params = {"p": portfolio_id, "d": day, "symbols": symbols, "factors": factors,
+              "limit": limit, "offset": offset}
+    rows = (await session.execute(
+        text(
+            """
+            WITH held AS (
+                SELECT DISTINCT e.position_id, x.symbol FROM position_factor_exposures e
+                JOIN positions x ON x.id = e.position_id
+                WHERE e.portfolio_id = :p AND e.calculation_date = :d
+                  AND e.factor_name = ANY(CAST(:factors AS text[]))
+                  AND (CAST(:symbols AS text[]) IS NULL OR x.symbol = ANY(CAST(:symbols AS text[])))),
+            page AS (
+                SELECT position_id, symbol, count(*) OVER () AS total FROM held
+                ORDER BY symbol, position_id LIMIT :limit OFFSET :offset)
+            SELECT page.position_id, page.symbol, page.total, e.factor_name, e.beta
+            FROM page JOIN position_factor_exposures e ON e.position_id = page.position_id
+                 AND e.calculation_date = :d AND e.factor_name = ANY(CAST(:factors AS text[]))
+            ORDER BY page.symbol, page.position_id
+            """
+        ),
+        params,
+    )).mappings().all()
+    if rows:
+        total = rows[0]["total"]
+    else:  # past the last page: the count alone
+        total = (await session.execute(
+            text(
+                """
+                SELECT count(DISTINCT e.position_id) FROM position_factor_exposures e
+                JOIN positions x ON x.id = e.position_id
+                WHERE e.portfolio_id = :p AND e.calculation_date = :d
+                  AND e.factor_name = ANY(CAST(:factors AS text[]))
+                  AND (CAST(:symbols AS text[]) IS NULL
+                       OR x.symbol = ANY(CAST(:symbols AS text[])))
+                """
+            ),
+            params,
+        )).scalar_one()
+    positions: dict[uuid.UUID, dict[str, Any]] = {}
+    for r in rows:
+        entry = positions.setdefault(r["position_id"], {
+            "position_id": str(r["position_id"]), "symbol": r["symbol"], "exposures": {}})
+        entry["exposures"][r["factor_name"]] = r["beta"]
+    return {"calculation_date": day, "total": int(total), "positions": list(positions.values())}

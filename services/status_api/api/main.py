@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.status_api.api.routes import (
     admin,
     batch,
+    frontend_analytics,
     frontend_onboarding,
     onboarding,
     ops,
@@ -15,7 +16,7 @@ from services.status_api.api.routes import (
 )
 
 ROUTERS = (portfolios.router, onboarding.router, batch.router, admin.router, symbols.router,
-           ops.router, frontend_onboarding.router)
+           ops.router, frontend_onboarding.router, frontend_analytics.router)
 
 
 def include_routers(app: FastAPI) -> None:

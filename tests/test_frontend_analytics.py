@@ -1,0 +1,142 @@
+"""The SigmaSight web frontend's analytics routes against the running API (real PostgreSQL and
+NATS): shapes checked against the frontend's models, numbers against an independent
+computation from the stored prices and the betas this test writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from libs.common.db import session_scope
+from libs.common.factor_definitions import seed_factor_definitions
+from services.status_api.frontend_models import (
+    FactorExposuresResponse,
+    PortfolioOverviewResponse,
+    PositionFactorExposuresResponse,
+)
+from services.status_api.snapshots import default_snapshot_maker
+from tests.test_api_helpers import api_client, csv_bytes, seed_known_symbols, token_for
+
+CREATE = "/api/v1/onboarding/create-portfolio"
+EQUITY = 100_000.0
+# symbol -> (quantity, betas by sigmabatch factor)
+BOOK = {
+    "AAPL": (30, {"market": 1.2, "value": -0.3, "growth": 0.5, "interest_rate": -0.1}),
+    "MSFT": (20, {"market": 0.9, "value": 0.1, "growth": 0.4, "interest_rate": 0.05}),
+    "NVDA": (-10, {"market": 1.8, "value": -0.6, "growth": 0.9, "interest_rate": -0.2}),
+}
+
+
+async def seed_book(database_url: str) -> tuple[dt.date, dict[str, float]]:
+    """Prices, hand-set betas on the snapshot date; returns (date, closes on it)."""
+    as_of = await seed_known_symbols(database_url, list(BOOK))
+    async with session_scope(database_url) as session:
+        await seed_factor_definitions(session)
+        for symbol, (_, betas) in BOOK.items():
+            for factor, beta in betas.items():
+                await session.execute(text(
+                    "INSERT INTO symbol_factor_exposures (symbol, factor_name, calculation_date, "
+                    "beta, n_obs, quality) VALUES (:s, :f, :d, :b, 90, 'full')"),
+                    {"s": symbol, "f": factor, "d": as_of, "b": beta})
+        rows = await session.execute(text(
+            "SELECT symbol, close FROM market_data_cache WHERE date = :d AND symbol = ANY(:s)"),
+            {"d": as_of, "s": list(BOOK)})
+        closes = {r.symbol: float(r.close) for r in rows}
+    return as_of, closes
+
+
+def book_csv() -> bytes:
+    return csv_bytes(*[f"{s},{q},100.00,2025-06-30,PUBLIC,STOCK,,,,,," for s, (q, _) in
+                       BOOK.items()])
+
+
+async def create(client, headers, account: str = "Main") -> str:
+    response = await client.post(CREATE, headers=headers, files={
+        "csv_file": ("p.csv", book_csv(), "text/csv")}, data={
+        "portfolio_name": "Book", "account_name": account, "account_type": "taxable",
+        "equity_balance": str(int(EQUITY))})
+    assert response.status_code == 201, response.text
+    return response.json()["portfolio_id"]
+
+
+async def test_overview_and_factor_exposures_match_an_independent_computation(settings):
+    headers = await token_for(settings.database_url, "alice")
+    as_of, closes = await seed_book(settings.database_url)
+    async with api_client(settings, snapshot_maker=default_snapshot_maker(settings)) as client:
+        pid = await create(client, headers)
+        base = f"/api/v1/analytics/portfolio/{pid}"
+        overview = await client.get(f"{base}/overview", headers=headers)
+        factors = await client.get(f"{base}/factor-exposures?use_latest_successful=true",
+                                   headers=headers)
+        page = await client.get(f"{base}/positions/factor-exposures?limit=2", headers=headers)
+        rest = await client.get(f"{base}/positions/factor-exposures?limit=2&offset=2",
+                                headers=headers)
+        only = await client.get(f"{base}/positions/factor-exposures?symbols=nvda,msft",
+                                headers=headers)
+    values = {s: q * closes[s] for s, (q, _) in BOOK.items()}
+    long_v = sum(v for v in values.values() if v > 0)
+    short_v = sum(v for v in values.values() if v < 0)
+    body = PortfolioOverviewResponse.model_validate(overview.json())
+    assert body.equity_balance == body.net_asset_value == body.total_value == EQUITY
+    assert body.exposures.long_exposure == pytest.approx(long_v, abs=0.01)
+    assert body.exposures.short_exposure == pytest.approx(short_v, abs=0.01)
+    assert body.exposures.gross_exposure == pytest.approx(long_v - short_v, abs=0.01)
+    assert body.exposures.net_exposure == pytest.approx(long_v + short_v, abs=0.01)
+    assert body.cash_balance == pytest.approx(EQUITY - (long_v + short_v), abs=0.02)
+    assert body.exposures.gross_percentage == round((long_v - short_v) / EQUITY * 100, 1)
+    assert body.leverage == round((long_v - short_v) / EQUITY, 2)
+    # First snapshot: P&L starts at 0 (no jump to the entry price).
+    assert (body.pnl.total_pnl, body.pnl.ytd_pnl, body.pnl.mtd_pnl) == (0, 0, 0)
+    assert (body.position_count.total_positions, body.position_count.long_count,
+            body.position_count.short_count, body.position_count.option_count) == (3, 2, 1, 0)
+    assert overview.json()["target_returns"] is None
+
+    exposures = FactorExposuresResponse.model_validate(factors.json())
+    assert exposures.available and exposures.calculation_date == as_of.isoformat()
+    names = [f.name for f in exposures.factors]
+    # The frontend's names, in its display order; factors without betas are absent.
+    assert names == ["Market Beta (90D)", "Value", "Growth", "IR Beta"]
+    expected = {
+        name: sum(BOOK[s][1][factor] * values[s] for s in BOOK) / EQUITY
+        for factor, name in (("market", "Market Beta (90D)"), ("value", "Value"),
+                             ("growth", "Growth"), ("interest_rate", "IR Beta"))}
+    for factor in exposures.factors:
+        assert factor.beta == pytest.approx(expected[factor.name], abs=1e-9), factor.name
+        assert factor.exposure_dollar == pytest.approx(expected[factor.name] * EQUITY, abs=0.05)
+
+    first = PositionFactorExposuresResponse.model_validate(page.json())
+    second = PositionFactorExposuresResponse.model_validate(rest.json())
+    assert first.available and first.total == second.total == 3
+    assert first.positions is not None and second.positions is not None
+    assert [p.symbol for p in first.positions + second.positions] == ["AAPL", "MSFT", "NVDA"]
+    assert first.positions[0].exposures["Market Beta (90D)"] == 1.2
+    assert first.positions[0].exposures["IR Beta"] == -0.1
+    filtered = only.json()
+    assert [p["symbol"] for p in filtered["positions"]] == ["MSFT", "NVDA"]
+
+
+async def test_no_data_shapes_and_tenancy(settings):
+    alice = await token_for(settings.database_url, "alice")
+    bob = await token_for(settings.database_url, "bob")
+    async with api_client(settings) as client:
+        pid = await create(client, alice)  # unknown symbols: onboarding, no snapshot yet
+        base = f"/api/v1/analytics/portfolio/{pid}"
+        overview = await client.get(f"{base}/overview", headers=alice)
+        factors = await client.get(f"{base}/factor-exposures", headers=alice)
+        positions = await client.get(f"{base}/positions/factor-exposures", headers=alice)
+        foreign = [await client.get(f"{base}/{path}", headers=bob) for path in (
+            "overview", "factor-exposures", "positions/factor-exposures")]
+        missing = await client.get(f"/api/v1/analytics/portfolio/{uuid.uuid4()}/overview",
+                                   headers=alice)
+    body = PortfolioOverviewResponse.model_validate(overview.json())
+    assert body.equity_balance == EQUITY and body.exposures.gross_exposure == 0
+    assert body.cash_balance == EQUITY and body.position_count.total_positions == 3
+    unavailable = FactorExposuresResponse.model_validate(factors.json())
+    assert (unavailable.available, unavailable.factors) == (False, [])
+    assert factors.json()["reason"] == "no_calculation_available"
+    assert PositionFactorExposuresResponse.model_validate(positions.json()).available is False
+    assert [r.status_code for r in foreign] == [404, 404, 404]
+    assert missing.status_code == 404
