@@ -13,6 +13,9 @@ from sqlalchemy import text
 from libs.common.db import session_scope
 from libs.common.factor_definitions import seed_factor_definitions
 from services.status_api.frontend_models import (
+    AggregateBetaResponse,
+    AggregateFactorExposuresResponse,
+    AggregateOverviewResponse,
     FactorExposuresResponse,
     PortfolioOverviewResponse,
     PositionFactorExposuresResponse,
@@ -53,11 +56,11 @@ def book_csv() -> bytes:
                        BOOK.items()])
 
 
-async def create(client, headers, account: str = "Main") -> str:
+async def create(client, headers, account: str = "Main", equity: float = EQUITY) -> str:
     response = await client.post(CREATE, headers=headers, files={
         "csv_file": ("p.csv", book_csv(), "text/csv")}, data={
         "portfolio_name": "Book", "account_name": account, "account_type": "taxable",
-        "equity_balance": str(int(EQUITY))})
+        "equity_balance": str(int(equity))})
     assert response.status_code == 201, response.text
     return response.json()["portfolio_id"]
 
@@ -140,3 +143,39 @@ async def test_no_data_shapes_and_tenancy(settings):
     assert PositionFactorExposuresResponse.model_validate(positions.json()).available is False
     assert [r.status_code for r in foreign] == [404, 404, 404]
     assert missing.status_code == 404
+
+
+async def test_all_accounts_aggregates_weight_portfolios_by_equity(settings):
+    headers = await token_for(settings.database_url, "alice")
+    other = await token_for(settings.database_url, "bob")
+    as_of, closes = await seed_book(settings.database_url)
+    async with api_client(settings, snapshot_maker=default_snapshot_maker(settings)) as client:
+        first = await create(client, headers, "Main", 100_000)
+        second = await create(client, headers, "IRA", 300_000)
+        await create(client, other, "Bob's", 50_000)  # never in alice's view
+        overview = await client.get("/api/v1/analytics/aggregate/overview", headers=headers)
+        beta = await client.get("/api/v1/analytics/aggregate/beta", headers=headers)
+        factors = await client.get("/api/v1/analytics/aggregate/factor-exposures",
+                                   headers=headers)
+        breakdown = await client.get("/api/v1/analytics/aggregate/breakdown", headers=headers)
+        empty = await client.get("/api/v1/analytics/aggregate/beta",
+                                 headers=await token_for(settings.database_url, "carol"))
+    book = AggregateOverviewResponse.model_validate(overview.json())
+    assert (book.total_value, book.portfolio_count) == (400_000, 2)
+    assert {p.portfolio_id: p.weight for p in book.portfolios} == {first: 0.25, second: 0.75}
+    assert book.calculation_date == as_of.isoformat()
+    values = {s: q * closes[s] for s, (q, _) in BOOK.items()}
+    # Both books hold the same positions: their dollar exposures add up over total equity.
+    market = 2 * sum(BOOK[s][1]["market"] * values[s] for s in BOOK) / 400_000
+    aggregate = AggregateBetaResponse.model_validate(beta.json())
+    assert aggregate.aggregate_beta_90d == pytest.approx(market, abs=1e-9)
+    assert aggregate.aggregate_beta_180d is None
+    combined = AggregateFactorExposuresResponse.model_validate(factors.json())
+    by_name = {f.name: f for f in combined.factors}
+    assert by_name["Market Beta (90D)"].aggregate_beta == pytest.approx(market, abs=1e-9)
+    assert by_name["Value"].aggregate_exposure_dollar == pytest.approx(
+        2 * sum(BOOK[s][1]["value"] * values[s] for s in BOOK), abs=0.1)
+    assert [p["metrics"]["beta_90d"] for p in breakdown.json()["portfolios"]] == [
+        pytest.approx(market * 4 / 2 / 1, abs=1e-9), pytest.approx(market * 4 / 2 / 3, abs=1e-9)]
+    nothing = AggregateBetaResponse.model_validate(empty.json())
+    assert (nothing.portfolio_count, nothing.aggregate_beta_90d) == (0, None)

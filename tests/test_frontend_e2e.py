@@ -29,7 +29,12 @@ PORTFOLIO_CALLS: dict[str, type[BaseModel]] = {
     "factor-exposures?use_latest_successful=true": m.FactorExposuresResponse,
     "positions/factor-exposures": m.PositionFactorExposuresResponse,
 }
-AGGREGATE_CALLS: dict[str, type[BaseModel]] = {}
+AGGREGATE_CALLS: dict[str, type[BaseModel]] = {
+    "overview": m.AggregateOverviewResponse,
+    "breakdown": m.AggregateBreakdownResponse,
+    "beta": m.AggregateBetaResponse,
+    "factor-exposures": m.AggregateFactorExposuresResponse,
+}
 
 
 def _free_port() -> int:

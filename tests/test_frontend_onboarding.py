@@ -226,3 +226,20 @@ async def test_log_download_and_csv_template(settings):
     assert log.portfolio_name == "Retirement" and log.activity_log
     assert log.activity_log[0].message.startswith("Uploaded 'Retirement'")
     assert bad.status_code == 400
+
+
+async def test_cors_lets_the_frontends_origin_call_with_its_token(settings):
+    headers = await token_for(settings.database_url, "alice")
+    origin = "http://localhost:3005"  # the frontend's `next dev -p 3005`
+    configured = settings.model_copy(update={"cors_origins": [origin]})
+    async with api_client(configured) as client:
+        preflight = await client.options(CREATE, headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        template = await client.get("/api/v1/onboarding/csv-template",
+                                    headers={"Origin": origin, **headers})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    assert template.headers["access-control-allow-origin"] == origin
+    assert "content-disposition" in template.headers["access-control-expose-headers"].lower()

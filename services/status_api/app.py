@@ -56,7 +56,9 @@ def create_app(settings: Settings | None = None, *,
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
-            allow_methods=["*"], allow_headers=["*"])
+            allow_methods=["*"], allow_headers=["*"],
+            # The web frontend names the log download from it (docs/frontend.md).
+            expose_headers=["Content-Disposition"])
     app.add_middleware(UploadSizeLimit, path="/api/v1/portfolios", limit=MAX_UPLOAD_BYTES)
     app.add_middleware(UploadSizeLimit, path="/api/v1/onboarding/create-portfolio",
                        limit=MAX_UPLOAD_BYTES)

@@ -216,3 +216,44 @@ async def position_factor_page(
             "position_id": str(r["position_id"]), "symbol": r["symbol"], "exposures": {}})
         entry["exposures"][r["factor_name"]] = r["beta"]
     return {"calculation_date": day, "total": int(total), "positions": list(positions.values())}
+
+
+async def caller_portfolios(session: AsyncSession, user_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The caller's active portfolios with their latest equity (the rolled-forward equity of
+    the latest complete snapshot, else the starting equity), oldest first."""
+    rows = await session.execute(
+        text(
+            """
+            SELECT p.id AS portfolio_id, p.name, p.account_name, p.account_type,
+                   l.snapshot_date, COALESCE(l.equity, p.equity_balance) AS value
+            FROM portfolios p
+            LEFT JOIN LATERAL (
+                SELECT snapshot_date, equity FROM portfolio_snapshots s
+                WHERE s.portfolio_id = p.id AND s.is_complete
+                ORDER BY snapshot_date DESC LIMIT 1) l ON true
+            WHERE p.user_id = :u AND p.is_active
+            ORDER BY p.created_at, p.id
+            """
+        ),
+        {"u": user_id},
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def latest_factor_exposures(session: AsyncSession, portfolio_ids: list[uuid.UUID]
+                                  ) -> list[dict[str, Any]]:
+    """Each portfolio's factor exposures on its latest calculation date."""
+    rows = await session.execute(
+        text(
+            """
+            SELECT fe.portfolio_id, fe.calculation_date, fe.factor_name, fe.exposure,
+                   fe.exposure_dollar
+            FROM factor_exposures fe
+            JOIN (SELECT portfolio_id, max(calculation_date) AS d FROM factor_exposures
+                  WHERE portfolio_id = ANY(CAST(:ids AS uuid[])) GROUP BY portfolio_id) m
+              ON m.portfolio_id = fe.portfolio_id AND m.d = fe.calculation_date
+            """
+        ),
+        {"ids": portfolio_ids},
+    )
+    return [dict(r) for r in rows.mappings()]

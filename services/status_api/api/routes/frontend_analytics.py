@@ -17,9 +17,13 @@ from fastapi import Query
 
 from libs.common.factor_definitions import DISPLAY_NAMES
 from services.status_api import frontend_queries, queries
-from services.status_api.api.deps import OwnedPortfolioDep, SessionDep
+from services.status_api.api.deps import CallerDep, OwnedPortfolioDep, SessionDep
 from services.status_api.api.responses import NOT_FOUND, resource_router
 from services.status_api.frontend_models import (
+    AggregateBetaResponse,
+    AggregateBreakdownResponse,
+    AggregateFactorExposuresResponse,
+    AggregateOverviewResponse,
     FactorExposuresResponse,
     PortfolioOverviewResponse,
     PositionFactorExposuresResponse,
@@ -198,3 +202,116 @@ async def position_factor_exposures(
             "calculation_date": page["calculation_date"].isoformat(), "total": page["total"],
             "limit": limit, "offset": offset, "positions": page["positions"],
             "data_quality": None, "metadata": {}}
+
+
+# --- "All Accounts": every portfolio of the caller ----------------------------------------
+# A portfolio's weight is its share of the caller's total equity (the latest rolled-forward
+# equity of each); a betas' aggregate is their equity-weighted mean over the portfolios that
+# have one, which equals the combined book's beta (dollar exposures add up).
+
+
+class Book:
+    """The caller's portfolios, their equity and weights."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        self.values = {r["portfolio_id"]: max(float(r["value"] or 0), 0.0) for r in rows}
+        self.total = sum(self.values.values())
+        dates = [r["snapshot_date"] for r in rows if r["snapshot_date"] is not None]
+        self.calculation_date = max(dates).isoformat() if dates else None
+
+    def weight(self, pid: Any) -> float:
+        return self.values[pid] / self.total if self.total > 0 else 0.0
+
+    def portfolios(self) -> list[dict[str, Any]]:
+        return [{"portfolio_id": str(r["portfolio_id"]), "portfolio_name": r["name"],
+                 "account_name": r["account_name"], "account_type": r["account_type"],
+                 "value": round(self.values[r["portfolio_id"]], 2),
+                 "weight": round(self.weight(r["portfolio_id"]), 6)} for r in self.rows]
+
+    def weighted(self, per_portfolio: dict[Any, float | None]) -> float | None:
+        """Equity-weighted mean over the portfolios with a value (None when none has one)."""
+        known = {p: v for p, v in per_portfolio.items() if v is not None and self.values[p] > 0}
+        base = sum(self.values[p] for p in known)
+        return sum(v * self.values[p] for p, v in known.items()) / base if base > 0 else None
+
+    def common(self) -> dict[str, Any]:
+        return {"net_asset_value": round(self.total, 2), "total_value": round(self.total, 2),
+                "portfolio_count": len(self.rows), "calculation_date": self.calculation_date}
+
+
+async def caller_book(session: SessionDep, caller: CallerDep) -> Book:
+    return Book(await frontend_queries.caller_portfolios(session, caller.user_id))
+
+
+async def factors_by_portfolio(session: SessionDep, book: Book
+                               ) -> dict[str, dict[Any, dict[str, Any]]]:
+    """frontend factor name -> portfolio -> {beta, dollars}."""
+    out: dict[str, dict[Any, dict[str, Any]]] = {}
+    rows = await frontend_queries.latest_factor_exposures(
+        session, [r["portfolio_id"] for r in book.rows])
+    for r in rows:
+        name = STYLE_FACTOR_NAMES.get(r["factor_name"])
+        if name is not None:
+            out.setdefault(name, {})[r["portfolio_id"]] = {
+                "beta": float(r["exposure"]), "dollars": _f(r["exposure_dollar"])}
+    return out
+
+
+@router.get("/aggregate/overview", response_model=AggregateOverviewResponse,
+            summary="All Accounts: total equity and each portfolio's share")
+async def aggregate_overview(session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    book = await caller_book(session, caller)
+    return {**book.common(), "portfolios": book.portfolios()}
+
+
+@router.get("/aggregate/breakdown", response_model=AggregateBreakdownResponse,
+            summary="All Accounts: each portfolio's share and metrics")
+async def aggregate_breakdown(session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    book = await caller_book(session, caller)
+    factors = await factors_by_portfolio(session, book)
+    market = factors.get(STYLE_FACTOR_NAMES["market"], {})
+    portfolios = book.portfolios()
+    for entry, row in zip(portfolios, book.rows, strict=True):
+        beta = market.get(row["portfolio_id"])
+        entry["metrics"] = {"beta_90d": beta["beta"] if beta else None}
+    return {**book.common(), "portfolios": portfolios}
+
+
+@router.get("/aggregate/beta", response_model=AggregateBetaResponse,
+            summary="All Accounts: equity-weighted market beta")
+async def aggregate_beta(session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    book = await caller_book(session, caller)
+    market = (await factors_by_portfolio(session, book)).get(STYLE_FACTOR_NAMES["market"], {})
+    betas = {r["portfolio_id"]: (market[r["portfolio_id"]]["beta"]
+                                 if r["portfolio_id"] in market else None) for r in book.rows}
+    portfolios = book.portfolios()
+    for entry, row in zip(portfolios, book.rows, strict=True):
+        entry["beta_90d"] = betas[row["portfolio_id"]]
+        entry["beta_180d"] = None
+    aggregate = book.weighted(betas)
+    return {**book.common(), "portfolios": portfolios, "aggregate_beta_90d": aggregate,
+            "aggregate_beta_180d": None, "aggregate_beta": aggregate,
+            "calculation_method": "weighted_average",
+            "formula": "Σ(Beta_i × Weight_i), Weight_i = Equity_i / Σ Equity"}
+
+
+@router.get("/aggregate/factor-exposures", response_model=AggregateFactorExposuresResponse,
+            summary="All Accounts: equity-weighted factor betas and summed dollar exposures")
+async def aggregate_factor_exposures(session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    book = await caller_book(session, caller)
+    by_factor = await factors_by_portfolio(session, book)
+    factors = []
+    for name in FACTOR_ORDER:
+        per = by_factor.get(name)
+        if not per:
+            continue
+        beta = book.weighted({p: per[p]["beta"] if p in per else None for p in book.values})
+        if beta is None:
+            continue
+        dollars = [v["dollars"] for v in per.values() if v["dollars"] is not None]
+        factors.append({"name": name, "aggregate_beta": beta,
+                        "aggregate_exposure_dollar": round(sum(dollars), 2) if dollars else None})
+    return {**book.common(), "factors": factors, "portfolios": book.portfolios(),
+            "calculation_method": "weighted_average",
+            "formula": "For each factor: Σ(Beta_i × Weight_i), Weight_i = Equity_i / Σ Equity"}
