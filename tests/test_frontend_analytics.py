@@ -16,9 +16,11 @@ from services.status_api.frontend_models import (
     AggregateBetaResponse,
     AggregateFactorExposuresResponse,
     AggregateOverviewResponse,
+    BetaComparisonResponse,
     FactorExposuresResponse,
     PortfolioOverviewResponse,
     PositionFactorExposuresResponse,
+    SpreadFactorsResponse,
 )
 from services.status_api.snapshots import default_snapshot_maker
 from tests.test_api_helpers import api_client, csv_bytes, seed_known_symbols, token_for
@@ -179,3 +181,44 @@ async def test_all_accounts_aggregates_weight_portfolios_by_equity(settings):
         pytest.approx(market * 4 / 2 / 1, abs=1e-9), pytest.approx(market * 4 / 2 / 3, abs=1e-9)]
     nothing = AggregateBetaResponse.model_validate(empty.json())
     assert (nothing.portfolio_count, nothing.aggregate_beta_90d) == (0, None)
+
+
+async def test_spread_factors_and_beta_comparison(settings):
+    headers = await token_for(settings.database_url, "alice")
+    as_of, closes = await seed_book(settings.database_url)
+    spread = {"AAPL": 0.8, "MSFT": 0.3, "NVDA": 1.5}
+    async with session_scope(settings.database_url) as session:
+        for symbol, beta in spread.items():
+            await session.execute(text(
+                "INSERT INTO symbol_factor_exposures (symbol, factor_name, calculation_date, "
+                "beta, r2, n_obs, quality) VALUES (:s, 'growth_value_spread', :d, :b, 0.4, 120, "
+                "'full')"), {"s": symbol, "d": as_of, "b": beta})
+        await session.execute(text(
+            "INSERT INTO company_profiles (symbol, beta) VALUES ('AAPL', 1.25), ('NVDA', 2.0)"))
+        await session.execute(text(
+            "UPDATE symbol_factor_exposures SET r2 = 0.6 WHERE symbol = 'AAPL' "
+            "AND factor_name = 'market'"))
+    async with api_client(settings, snapshot_maker=default_snapshot_maker(settings)) as client:
+        pid = await create(client, headers)
+        spreads = await client.get(f"/api/v1/analytics/portfolio/{pid}/spread-factors",
+                                   headers=headers)
+        betas = await client.get(f"/api/v1/analytics/portfolio/{pid}/beta-comparison",
+                                 headers=headers)
+    values = {s: q * closes[s] for s, (q, _) in BOOK.items()}
+    body = SpreadFactorsResponse.model_validate(spreads.json())
+    assert [f.name for f in body.factors] == ["Growth-Value Spread"]
+    factor = body.factors[0]
+    assert factor.beta == pytest.approx(sum(spread[s] * values[s] for s in BOOK) / EQUITY,
+                                        abs=1e-9)
+    size = abs(factor.beta)
+    assert factor.magnitude == ("Strong" if size > 0.5 else "Moderate" if size > 0.2 else "Mild")
+    assert factor.direction == ("Growth" if factor.beta > 0 else "Value")
+    comparison = BetaComparisonResponse.model_validate(betas.json())
+    assert comparison.positions is not None
+    by_symbol = {p.symbol: p for p in comparison.positions}
+    assert (by_symbol["AAPL"].market_beta, by_symbol["AAPL"].calculated_beta,
+            by_symbol["AAPL"].beta_r_squared) == (1.25, 1.2, 0.6)
+    assert by_symbol["AAPL"].beta_difference == pytest.approx(1.2 - 1.25)
+    assert by_symbol["MSFT"].market_beta is None and by_symbol["MSFT"].beta_difference is None
+    assert by_symbol["NVDA"].observations == 90
+    assert betas.json()["metadata"]["positions_with_market_beta"] == 2

@@ -28,6 +28,8 @@ PORTFOLIO_CALLS: dict[str, type[BaseModel]] = {
     "overview": m.PortfolioOverviewResponse,
     "factor-exposures?use_latest_successful=true": m.FactorExposuresResponse,
     "positions/factor-exposures": m.PositionFactorExposuresResponse,
+    "spread-factors": m.SpreadFactorsResponse,
+    "beta-comparison": m.BetaComparisonResponse,
 }
 AGGREGATE_CALLS: dict[str, type[BaseModel]] = {
     "overview": m.AggregateOverviewResponse,

@@ -257,3 +257,32 @@ async def latest_factor_exposures(session: AsyncSession, portfolio_ids: list[uui
         {"ids": portfolio_ids},
     )
     return [dict(r) for r in rows.mappings()]
+
+
+async def beta_comparison(session: AsyncSession, portfolio_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Public positions valued on the latest snapshot: the provider's beta (company profile)
+    and sigmabatch's market beta (OLS on SPY) of the symbol, latest on or before that date."""
+    rows = await session.execute(
+        text(
+            """
+            WITH latest AS (
+                SELECT max(snapshot_date) AS d FROM portfolio_snapshots
+                WHERE portfolio_id = :p AND is_complete)
+            SELECT x.id AS position_id, x.symbol, cp.beta AS market_beta,
+                   e.beta AS calculated_beta, e.r2, e.n_obs, e.calculation_date
+            FROM positions x
+            JOIN position_snapshots ps ON ps.position_id = x.id
+                 AND ps.snapshot_date = (SELECT d FROM latest)
+            LEFT JOIN company_profiles cp ON cp.symbol = x.symbol
+            LEFT JOIN LATERAL (
+                SELECT beta, r2, n_obs, calculation_date FROM symbol_factor_exposures s
+                WHERE s.symbol = x.symbol AND s.factor_name = 'market'
+                  AND s.calculation_date <= (SELECT d FROM latest)
+                ORDER BY s.calculation_date DESC LIMIT 1) e ON true
+            WHERE x.portfolio_id = :p AND x.investment_class = 'PUBLIC'
+            ORDER BY x.symbol, x.id
+            """
+        ),
+        {"p": portfolio_id},
+    )
+    return [dict(r) for r in rows.mappings()]

@@ -24,9 +24,11 @@ from services.status_api.frontend_models import (
     AggregateBreakdownResponse,
     AggregateFactorExposuresResponse,
     AggregateOverviewResponse,
+    BetaComparisonResponse,
     FactorExposuresResponse,
     PortfolioOverviewResponse,
     PositionFactorExposuresResponse,
+    SpreadFactorsResponse,
 )
 
 router = resource_router("/analytics", "frontend analytics")
@@ -315,3 +317,85 @@ async def aggregate_factor_exposures(session: SessionDep, caller: CallerDep) -> 
     return {**book.common(), "factors": factors, "portfolios": book.portfolios(),
             "calculation_method": "weighted_average",
             "formula": "For each factor: Σ(Beta_i × Weight_i), Weight_i = Equity_i / Σ Equity"}
+
+
+# --- A10 spread factors -------------------------------------------------------------------
+
+SPREAD_FACTORS: dict[str, tuple[str, str, str, str]] = {
+    # factor: (frontend name, direction when > 0, direction when < 0, what the spread is)
+    "growth_value_spread": ("Growth-Value Spread", "Growth", "Value", "growth (VUG) over value "
+                                                                      "(VTV)"),
+    "momentum_spread": ("Momentum Spread", "Momentum", "Contrarian", "momentum (MTUM) over the "
+                                                                     "market (SPY)"),
+    "size_spread": ("Size Spread", "Small Cap", "Large Cap", "small caps (IWM) over the market "
+                                                             "(SPY)"),
+    "quality_spread": ("Quality Spread", "Quality", "Speculative", "quality (QUAL) over the "
+                                                                  "market (SPY)"),
+}
+STRONG_SPREAD, MODERATE_SPREAD = 0.5, 0.2  # |beta| thresholds of the original's labels
+
+
+def interpret_spread(factor: str, beta: float) -> dict[str, str]:
+    """The original's labels: magnitude/risk level by |beta|, direction by sign."""
+    name, up, down, spread = SPREAD_FACTORS[factor]
+    size = abs(beta)
+    magnitude, risk = (("Strong", "high") if size > STRONG_SPREAD else
+                       ("Moderate", "medium") if size > MODERATE_SPREAD else ("Mild", "low"))
+    direction = up if beta > 0 else down if beta < 0 else "Neutral"
+    return {"direction": direction, "magnitude": magnitude, "risk_level": risk,
+            "explanation": (f"{magnitude} {direction.lower()} tilt: the portfolio moves "
+                            f"{beta:+.2f}% of equity for each 1% that {spread} returns.")}
+
+
+@router.get("/portfolio/{portfolio_id}/spread-factors", response_model=SpreadFactorsResponse,
+            responses=NOT_FOUND, summary="Spread factor betas with their reading")
+async def spread_factors(session: SessionDep, portfolio: OwnedPortfolioDep) -> dict[str, Any]:
+    pid = portfolio["portfolio_id"]
+    stored = await queries.factor_exposures(session, pid, None)
+    factors = [
+        {"name": SPREAD_FACTORS[f["factor"]][0], "beta": float(f["exposure"]),
+         "exposure_dollar": _f(f["exposure_dollar"]),
+         **interpret_spread(f["factor"], float(f["exposure"]))}
+        for f in stored["factors"] if f["factor"] in SPREAD_FACTORS
+    ]
+    day = stored["calculation_date"]
+    if not factors:
+        return {"available": False, "portfolio_id": str(pid), "calculation_date": None,
+                "factors": [], "metadata": {"reason": "no_calculation_available"}}
+    return {"available": True, "portfolio_id": str(pid), "calculation_date": day.isoformat(),
+            "factors": factors,
+            "metadata": {"calculation_method": "OLS on long-short ETF return spreads, 180 "
+                                               "sessions (docs/design.md §6)",
+                         "factors_calculated": len(factors)}}
+
+
+# --- A11 beta comparison ------------------------------------------------------------------
+
+
+@router.get("/portfolio/{portfolio_id}/beta-comparison", response_model=BetaComparisonResponse,
+            responses=NOT_FOUND, summary="Provider beta vs sigmabatch's market beta per position")
+async def beta_comparison(session: SessionDep, portfolio: OwnedPortfolioDep) -> dict[str, Any]:
+    pid = portfolio["portfolio_id"]
+    rows = await frontend_queries.beta_comparison(session, pid)
+    positions = [
+        {"symbol": r["symbol"], "position_id": str(r["position_id"]),
+         "market_beta": r["market_beta"], "calculated_beta": r["calculated_beta"],
+         "beta_r_squared": r["r2"],
+         "beta_difference": (r["calculated_beta"] - r["market_beta"]
+                             if r["calculated_beta"] is not None and r["market_beta"] is not None
+                             else None),
+         "calculation_date": r["calculation_date"].isoformat() if r["calculation_date"] else None,
+         "observations": r["n_obs"]}
+        for r in rows
+    ]
+    metadata = {
+        "total_positions": len(positions),
+        "positions_with_market_beta": sum(p["market_beta"] is not None for p in positions),
+        "positions_with_calculated_beta": sum(p["calculated_beta"] is not None
+                                              for p in positions),
+    }
+    if not positions:
+        return {"available": False, "portfolio_id": str(pid), "positions": None,
+                "metadata": {**metadata, "error": "No valued public positions yet."}}
+    return {"available": True, "portfolio_id": str(pid), "positions": positions,
+            "metadata": metadata}
