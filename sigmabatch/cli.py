@@ -39,9 +39,9 @@ class CommandError(RuntimeError):
 
 
 def _settings() -> Any:
-    from libs.common.config import get_settings
+    from libs.common import bootstrap
 
-    return get_settings()
+    return bootstrap.settings()
 
 
 def default_data_dir() -> Path:
@@ -168,9 +168,9 @@ async def _bus_status(nats_url: str | None) -> dict[str, Any]:
     import nats
     from nats.js.errors import NotFoundError
 
-    from libs.common import bus
+    from libs.common import bootstrap, bus
 
-    topology = bus.Topology(_settings().bus_prefix)
+    topology = bootstrap.topology(_settings())
     try:
         nc = await nats.connect(nats_url, connect_timeout=3, allow_reconnect=False)
     except Exception as exc:

@@ -5,29 +5,24 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-import nats
-
-from libs.common import bus
-from libs.common.config import get_settings
+from libs.common import bootstrap
 from libs.common.events import BatchNightlyRequested
-from libs.common.service import declare_streams
 
 
 async def publish_nightly(
     nats_url: str, target_date: dt.date | None, requested_by: str, rerun: bool
 ) -> tuple[str, bool]:
     """Publish `batch.nightly.requested`; returns (msg id, published-not-duplicate)."""
-    settings = get_settings()
+    settings = bootstrap.settings()
     message = BatchNightlyRequested(
         target_date=target_date,
         requested_by=requested_by,
         rerun_token=uuid.uuid4().hex[:12] if rerun else None,
     )
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    connection = await bootstrap.connect_bus(settings, "sigmabatch-trigger", long_lived=False,
+                                             nats_url=nats_url)
     try:
-        js = nc.jetstream()
-        topology = await declare_streams(js, settings)
-        published = await bus.publish(js, topology, message)
+        published = await connection.publish(message)
     finally:
-        await nc.close()
+        await connection.nc.close()
     return message.message_id(), published

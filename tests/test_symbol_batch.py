@@ -13,13 +13,12 @@ import asyncpg
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from libs.common import bus, calendar
+from libs.common import bootstrap, bus, calendar
 from libs.common.db import asyncpg_dsn
 from libs.common.events import BatchNightlyRequested, SymbolBatchCompleted
 from libs.common.factors import ALL_FACTORS, FACTOR_ETFS
 from libs.common.market_data.sample import SampleProvider
 from libs.common.service import ServiceContext
-from services.symbol_batch.__main__ import DURABLE
 from services.symbol_batch.handlers import (
     SymbolBatch,
     build_universe,
@@ -133,7 +132,8 @@ async def completed_events(ctx: ServiceContext) -> list[SymbolBatchCompleted]:
 @contextlib.asynccontextmanager
 async def consumers(ctx: ServiceContext, *batches: SymbolBatch) -> AsyncIterator[None]:
     """The service's consume loop in-process: one loop per SymbolBatch (replicas)."""
-    spec = ctx.consumer(DURABLE, BatchNightlyRequested, JOB_TYPE)
+    [route] = bootstrap.routes_of("symbol_batch")
+    spec = bootstrap.consumer_spec(route, ctx.settings)
     await bus.ensure_consumer(ctx.js, ctx.topology, spec)
     stop = asyncio.Event()
     tasks = [

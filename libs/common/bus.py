@@ -172,12 +172,14 @@ def _consumer_config(topology: Topology, spec: ConsumerSpec[Any]) -> ConsumerCon
 async def ensure_consumer(
     js: JetStreamContext, topology: Topology, spec: ConsumerSpec[Any]
 ) -> None:
-    """Create the durable, or recreate it when its config changed.
+    """Create the durable, or update it in place when its config changed.
 
     `pull_subscribe(durable=...)` silently keeps an existing consumer's old config, so the
-    comparison is explicit. Recreating a durable loses nothing on the work queue (unacked
-    messages stay in the stream); on the events stream it redelivers history, which the
-    idempotent handlers absorb.
+    comparison is explicit. A change is applied as an update (JetStream's create-or-update
+    of the same durable), never by deleting and recreating: the consumer keeps its delivered
+    and acked positions, so an events consumer does not replay history and no replica
+    consuming at that moment loses its subscription. A change JetStream cannot apply in
+    place fails loudly rather than silently recreating the consumer.
     """
     stream = topology.stream_for(spec.message_type)
     wanted = _consumer_config(topology, spec)
@@ -195,8 +197,15 @@ async def ensure_consumer(
         )
         if same:
             return
-        log.info("consumer %s config changed: recreating", spec.durable)
-        await js.delete_consumer(stream, spec.durable)
+        log.info("consumer %s config changed: updating it in place", spec.durable)
+        try:
+            await js.add_consumer(stream, wanted)
+        except BadRequestError as exc:
+            raise RuntimeError(
+                f"consumer {spec.durable} on {stream}: JetStream refused to update its config "
+                f"in place ({exc}); drain it and remove it by hand (`nats consumer rm "
+                f"{stream} {spec.durable}`) if the change is really wanted") from exc
+        return
     try:
         await js.add_consumer(stream, wanted)
     except BadRequestError:

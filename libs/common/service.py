@@ -1,4 +1,4 @@
-"""The runner every service's `__main__` uses: the composition root of one service process.
+"""The runner every service's `__main__` uses (what it runs is composed in `bootstrap`).
 
 It connects (and keeps reconnecting) to PostgreSQL and NATS, refuses to run on an
 unmigrated database, declares streams and durable consumers, runs the consume loops, answers
@@ -22,9 +22,10 @@ from nats.js import JetStreamContext
 from sqlalchemy import text
 from tenacity import AsyncRetrying, retry_if_not_exception_type, wait_exponential_jitter
 
-from libs.common import bus
+from libs.common import bootstrap, bus
+from libs.common.bootstrap import Subscription
 from libs.common.config import Settings, get_settings
-from libs.common.db import dispose_engines, get_engine
+from libs.common.db import dispose_engines
 from libs.common.events import Message
 from libs.common.jobs import JobTracker
 from libs.common.logs import configure_logging
@@ -65,16 +66,6 @@ class ServiceContext:
 
 
 @dataclass
-class Subscription:
-    """A consumer and its handler; `concurrency` loops share the durable inside one process."""
-
-    spec: bus.ConsumerSpec[Any]
-    handler: bus.Handler[Any]
-    concurrency: int = 1
-    batch: int = 1
-
-
-@dataclass
 class ServiceDefinition:
     name: str
     subscriptions: Callable[[ServiceContext], Sequence[Subscription]]
@@ -85,25 +76,12 @@ class ServiceDefinition:
     )
 
 
-async def declare_streams(js: JetStreamContext, settings: Settings) -> bus.Topology:
-    """Both streams as this deployment configures them; returns its topology."""
-    topology = bus.Topology(settings.bus_prefix)
-    await bus.ensure_streams(
-        js,
-        topology,
-        duplicate_window_seconds=settings.duplicate_window_seconds,
-        event_retention_days=settings.event_retention_days,
-        replicas=settings.stream_replicas,
-    )
-    return topology
-
-
 async def connect_context(name: str, settings: Settings | None = None) -> ServiceContext:
     """Connect to both servers (retrying while they come up) and declare the streams."""
     settings = settings or get_settings()
     database_url = settings.require_database_url()
     nats_url = settings.require_nats_url()
-    engine = get_engine(database_url)
+    engine = bootstrap.engine(settings)
 
     async for attempt in AsyncRetrying(
         wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
@@ -118,11 +96,10 @@ async def connect_context(name: str, settings: Settings | None = None) -> Servic
                 await connection.execute(text("SELECT 1"))
             await ensure_migrated(engine)
 
-    nc = await bus.connect(nats_url, name)
-    js = nc.jetstream()
-    topology = await declare_streams(js, settings)
+    connection = await bootstrap.connect_bus(settings, name, nats_url=nats_url)
     jobs = JobTracker(database_url, stale_after_seconds=settings.job_stale_after_seconds)
-    return ServiceContext(name, settings, database_url, topology, nc, js, jobs)
+    return ServiceContext(name, settings, database_url, connection.topology, connection.nc,
+                          connection.js, jobs)
 
 
 async def _health_server(ctx: ServiceContext, port: int) -> asyncio.Server:

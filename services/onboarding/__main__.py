@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from libs.common.bootstrap import Subscription, subscriptions
 from libs.common.config import Settings
 from libs.common.events import SymbolOnboardCompleted, SymbolOnboardRequested
 from libs.common.market_data import MarketDataProvider, get_provider
-from libs.common.service import ServiceContext, ServiceDefinition, Subscription, main
+from libs.common.service import ServiceContext, ServiceDefinition, main
 from services.onboarding.coordinator import OnboardingCoordinator
-from services.onboarding.worker import JOB_TYPE, OnboardingWorker
+from services.onboarding.worker import OnboardingWorker
 
-WORKER_CONCURRENCY = 4
+NAME = "onboarding"
 
 
 def default_provider(settings: Settings) -> MarketDataProvider:
@@ -35,20 +36,12 @@ def build_definition(
                 stale_after_seconds=ctx.settings.job_stale_after_seconds)
         return state["c"]
 
-    def subscriptions(ctx: ServiceContext) -> list[Subscription]:
+    def bind(ctx: ServiceContext) -> list[Subscription]:
         worker = OnboardingWorker(ctx, provider_factory(ctx.settings))
-        return [
-            Subscription(
-                ctx.consumer("onboarding-worker", SymbolOnboardRequested, JOB_TYPE),
-                worker.handle,
-                concurrency=WORKER_CONCURRENCY,
-            ),
-            Subscription(
-                ctx.consumer("onboarding-coordinator", SymbolOnboardCompleted,
-                             "onboarding_coordinator"),
-                coordinator(ctx).handle,
-            ),
-        ]
+        return subscriptions(NAME, ctx.settings, {
+            SymbolOnboardRequested: worker.handle,
+            SymbolOnboardCompleted: coordinator(ctx).handle,
+        })
 
     async def on_start(ctx: ServiceContext) -> None:
         await coordinator(ctx).reconcile()
@@ -57,7 +50,7 @@ def build_definition(
         await coordinator(ctx).reconcile_forever(stop)
 
     return ServiceDefinition(
-        name="onboarding", subscriptions=subscriptions, on_start=on_start,
+        name=NAME, subscriptions=bind, on_start=on_start,
         background=(reconcile_loop,),
     )
 

@@ -7,36 +7,28 @@ refresh requests.
 
 from __future__ import annotations
 
+from libs.common.bootstrap import Subscription, subscriptions
 from libs.common.events import (
     PortfolioRefreshChunkRequested,
     PortfolioRefreshRequested,
     SymbolBatchCompleted,
 )
-from libs.common.service import ServiceContext, ServiceDefinition, Subscription, main
-from libs.common.snapshots.refresh import JOB_CHUNK, JOB_PLAN, JOB_REQUEST
+from libs.common.service import ServiceContext, ServiceDefinition, main
 from services.portfolio_refresh.handlers import RefreshHandlers
 
+NAME = "portfolio_refresh"
 
-def subscriptions(ctx: ServiceContext) -> list[Subscription]:
+
+def bind(ctx: ServiceContext) -> list[Subscription]:
     handlers = RefreshHandlers(ctx)
-    return [
-        Subscription(
-            ctx.consumer("portfolio-refresh-batch", SymbolBatchCompleted, JOB_PLAN),
-            handlers.on_symbol_batch_completed,
-        ),
-        Subscription(
-            ctx.consumer("portfolio-refresh-chunk", PortfolioRefreshChunkRequested, JOB_CHUNK),
-            handlers.on_chunk,
-        ),
-        Subscription(
-            ctx.consumer("portfolio-refresh-request", PortfolioRefreshRequested, JOB_REQUEST),
-            handlers.on_refresh_requested,
-            concurrency=2,
-        ),
-    ]
+    return subscriptions(NAME, ctx.settings, {
+        SymbolBatchCompleted: handlers.on_symbol_batch_completed,
+        PortfolioRefreshChunkRequested: handlers.on_chunk,
+        PortfolioRefreshRequested: handlers.on_refresh_requested,
+    })
 
 
-DEFINITION = ServiceDefinition(name="portfolio_refresh", subscriptions=subscriptions)
+DEFINITION = ServiceDefinition(name=NAME, subscriptions=bind)
 
 if __name__ == "__main__":
     main(DEFINITION)

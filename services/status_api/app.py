@@ -20,12 +20,11 @@ import asyncpg
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from libs.common import bus
-from libs.common.config import Settings, get_settings
+from libs.common import bootstrap
+from libs.common.config import Settings
 from libs.common.db import asyncpg_dsn, dispose_engines, get_engine
 from libs.common.onboarding.upload import SnapshotMaker
 from libs.common.portfolio_csv import MAX_UPLOAD_BYTES
-from libs.common.service import declare_streams
 from services.status_api.api.main import include_routers
 from services.status_api.api.middleware import (
     MetricsMiddleware,
@@ -47,9 +46,9 @@ DESCRIPTION = (
 
 def create_app(settings: Settings | None = None, *,
                snapshot_maker: SnapshotMaker | None = None) -> FastAPI:
-    settings = settings or get_settings()
+    settings = settings or bootstrap.settings()
     state = ApiState(settings=settings, database_url=settings.require_database_url(),
-                     topology=bus.Topology(settings.bus_prefix), snapshot_maker=snapshot_maker)
+                     topology=bootstrap.topology(settings), snapshot_maker=snapshot_maker)
     app = FastAPI(title="sigmabatch API", version="0.1.0", description=DESCRIPTION,
                   lifespan=_lifespan(state))
     app.state.api = state
@@ -100,10 +99,8 @@ async def _connect_nats(state: ApiState) -> None:
     delay = 0.2
     while True:
         try:
-            nc = await bus.connect(settings.require_nats_url(), "status_api")
-            js = nc.jetstream()
-            await declare_streams(js, settings)
-            state.nc, state.js = nc, js
+            connection = await bootstrap.connect_bus(settings, "status_api")
+            state.nc, state.js = connection.nc, connection.js
             return
         except asyncio.CancelledError:
             raise

@@ -8,25 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from libs.common.bootstrap import Subscription, subscriptions
 from libs.common.config import Settings
 from libs.common.events import BatchNightlyRequested
 from libs.common.market_data import create_provider
 from libs.common.market_data.base import MarketDataProvider
-from libs.common.service import ServiceContext, ServiceDefinition, Subscription, main
+from libs.common.service import ServiceContext, ServiceDefinition, main
 from services.symbol_batch.handlers import SymbolBatch
-from services.symbol_batch.store import JOB_TYPE
 
-DURABLE = "symbol-batch"
+NAME = "symbol_batch"
 
 
 def build_definition(
     provider_factory: Callable[[Settings], MarketDataProvider] = create_provider,
 ) -> ServiceDefinition:
-    def subscriptions(ctx: ServiceContext) -> list[Subscription]:
+    def bind(ctx: ServiceContext) -> list[Subscription]:
         batch = SymbolBatch(ctx, provider_factory(ctx.settings))
-        return [Subscription(ctx.consumer(DURABLE, BatchNightlyRequested, JOB_TYPE), batch.handle)]
+        return subscriptions(NAME, ctx.settings, {BatchNightlyRequested: batch.handle})
 
-    return ServiceDefinition(name="symbol_batch", subscriptions=subscriptions)
+    return ServiceDefinition(name=NAME, subscriptions=bind)
 
 
 if __name__ == "__main__":
