@@ -104,18 +104,87 @@ def cmd_service(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def default_target_date() -> dt.date:
+    """The date a trigger without --date batches up to (the symbol batch resolves it alike)."""
+    from libs.common.calendar import effective_trading_date
+
+    settings = _settings()
+    return effective_trading_date(
+        dt.datetime.now(dt.UTC), dt.timedelta(minutes=settings.settle_delay_minutes)
+    )
+
+
 def cmd_trigger(args: argparse.Namespace) -> int:
     from sigmabatch.trigger import publish_nightly
 
     nats_url = require_nats_url(args.data_dir)
-    msg_id, published = asyncio.run(
-        publish_nightly(nats_url, args.date, args.requested_by, args.rerun)
-    )
-    if published:
-        print(f"published batch.nightly.requested ({msg_id})")
-    else:
-        print(f"batch.nightly.requested ({msg_id}) was already published: duplicate dropped")
-    return 0
+    database_url, _ = resolve_urls(args.data_dir)
+    if args.wait and not database_url:
+        raise CommandError(
+            "--wait reads progress from the database: set DATABASE_URL or start `sigmabatch up`"
+        )
+    target = args.date or default_target_date()
+    key = target.isoformat()
+    publish = True
+    if database_url:  # say at once what the batch would find (cron without a DB skips this)
+        state = asyncio.run(_checked_state(database_url, target))
+        if state.running_key is not None:
+            done, total = state.running_progress or (0, 0)
+            same = state.running_key == key
+            print(
+                f"a symbol batch run is in progress (target {state.running_key}, phase "
+                f"{state.running_phase or 'starting'}, {done}/{total})"
+                + (f": it covers {key}" if same else f": the run for {key} starts after it")
+                + ("; waiting" if args.wait else "")
+            )
+            publish = not same or args.rerun
+        elif state.date_status is not None and not args.rerun:
+            print(
+                f"{key} is already complete ({state.date_status}: {state.symbols_total} symbols, "
+                f"{state.symbols_failed} failed); nothing to do. `--rerun` re-runs it."
+            )
+            return 0
+        elif state.watermark is not None and target < state.watermark and not args.rerun:
+            print(
+                f"{key} is before the watermark ({state.watermark}) and was not batched; "
+                "nothing to do without `--rerun`."
+            )
+            return 0
+    since = dt.datetime.now(dt.UTC)
+    if publish:
+        msg_id, published = asyncio.run(
+            publish_nightly(nats_url, target if args.date else None, args.requested_by,
+                            args.rerun)
+        )
+        if published:
+            print(f"published batch.nightly.requested ({msg_id}) for {key}")
+        else:
+            print(f"batch.nightly.requested ({msg_id}) was already published: duplicate dropped")
+    if not args.wait:
+        return 0
+    assert database_url is not None
+    return asyncio.run(_wait(database_url, key, since, args.timeout))
+
+
+async def _checked_state(database_url: str, target: dt.date) -> Any:
+    from libs.common.db import dispose_engines
+    from sigmabatch.batch_wait import batch_state
+
+    try:
+        return await batch_state(database_url, target)
+    finally:
+        await dispose_engines()
+
+
+async def _wait(database_url: str, key: str, since: dt.datetime, within: float) -> int:
+    from libs.common.db import dispose_engines
+    from sigmabatch.batch_wait import wait_for_batch
+
+    try:
+        return await wait_for_batch(database_url, key, since - dt.timedelta(seconds=5),
+                                    within_seconds=within)
+    finally:
+        await dispose_engines()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -316,6 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--rerun",
         action="store_true",
         help="bypass the duplicate window on purpose (re-run a date)",
+    )
+    nightly.add_argument(
+        "--wait",
+        action="store_true",
+        help="show the run's progress per phase and per date until it and the refresh of its "
+        "dates finish, then a summary (exit 1 if it failed)",
+    )
+    nightly.add_argument(
+        "--timeout", type=float, default=3600.0, help="--wait gives up after this many seconds"
     )
     nightly.set_defaults(handler=cmd_trigger)
 

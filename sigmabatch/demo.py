@@ -34,7 +34,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sigmabatch import queries
-from sigmabatch.supervisor import Supervisor, describe, install_stop_signals
+from sigmabatch.supervisor import (
+    Supervisor,
+    console_token,
+    describe,
+    install_stop_signals,
+    sigmabatch_command,
+)
 from sigmabatch.tables import format_table, money
 
 DEMO_USER = "demo"
@@ -453,7 +459,9 @@ async def run_demo(data_dir: Path, api_port: int, examples_dir: Path | None = No
             await asyncio.gather(start, return_exceptions=True)
             return 130
         start.result()
-        print(describe(supervisor), flush=True)
+        # The demo user owns the example portfolios; admin too, so Operations shows.
+        token = await console_token(supervisor.database_url, DEMO_USER)
+        print(describe(supervisor, token, DEMO_USER), flush=True)
         if supervisor.api_url is None:
             raise DemoFailed("the status_api service is not installed: the demo needs the API")
         work = asyncio.create_task(Demo(supervisor, examples).run())
@@ -465,6 +473,11 @@ async def run_demo(data_dir: Path, api_port: int, examples_dir: Path | None = No
         print(work.result(), flush=True)
         print(
             f"\ndemo finished in {time.monotonic() - began:.1f} s; data kept in {supervisor.data_dir}"
+        )
+        print(
+            f"To browse these portfolios: {sigmabatch_command()} up --data-dir "
+            f"{supervisor.data_dir}\n  then open the console URL it prints and sign in with "
+            f"the demo's token: {token}"
         )
         return 0
     except DemoFailed as exc:

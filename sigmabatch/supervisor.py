@@ -449,15 +449,50 @@ def install_stop_signals(supervisor: Supervisor) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
-def describe(supervisor: Supervisor) -> str:
+def sigmabatch_command() -> str:
+    """How to run this very `sigmabatch` as shown, without an activated venv."""
+    script = Path(sys.executable).parent / "sigmabatch"
+    return str(script) if script.exists() else f"{sys.executable} -m sigmabatch.cli"
+
+
+def local_console_user() -> str:
+    """The user `up` makes a console token for: the login name, else `admin` ($USER may be
+    unset, e.g. in a container)."""
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "admin"
+
+
+async def console_token(database_url: str, username: str) -> str | None:
+    """A fresh admin token for local use of the console (None if it cannot be made: the
+    system still runs, and the printed command makes one)."""
+    from libs.common.auth import create_user_token
+    from libs.common.db import session_scope
+
+    try:
+        async with session_scope(database_url) as session:
+            return await create_user_token(session, username, admin=True,
+                                           name="console (sigmabatch up)")
+    except Exception as exc:
+        log.warning("could not create a console token: %s", exc)
+        return None
+
+
+def describe(supervisor: Supervisor, token: str | None = None, user: str | None = None) -> str:
+    user = user or local_console_user()
+    command = (f"{sigmabatch_command()} token create --user {user} --admin "
+               f"--data-dir {supervisor.data_dir}")
     lines = [
         f"sigmabatch is up in {supervisor.ready_seconds:.1f} s  (data dir {supervisor.data_dir})",
-        f"  API         {supervisor.api_url or '(status_api not installed)'}"
-        + ("   docs: " + supervisor.api_url + "/docs" if supervisor.api_url else ""),
+        f"  console     {supervisor.api_url + '/' if supervisor.api_url else '(status_api not installed)'}"
+        + ("   API docs: " + supervisor.api_url + "/docs" if supervisor.api_url else ""),
         f"  NATS        {supervisor.nats_url}",
         f"  PostgreSQL  {supervisor.database_url}",
         f"  services    {', '.join(supervisor.children) or '(none)'}   logs: {supervisor.data_dir / 'logs'}",
-        f"  a token:    sigmabatch token create --user $USER --data-dir {supervisor.data_dir}",
+    ]
+    if token:
+        lines.append(f"  token       {token}   (user {user}, admin; sign in to the console "
+                     "with it, or send it as `Authorization: Bearer …`)")
+    lines += [
+        f"  more tokens {command}",
         "  Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
@@ -474,12 +509,16 @@ async def run_up(data_dir: Path, api_port: int) -> int:
         await asyncio.wait([start, stopped], return_when=asyncio.FIRST_COMPLETED)
         if start.done():
             start.result()  # raises a start failure
-            print(describe(supervisor), flush=True)
+            token = await console_token(supervisor.database_url, local_console_user())
+            print(describe(supervisor, token), flush=True)
             await stopped
         else:
             start.cancel()
             await asyncio.gather(start, return_exceptions=True)
     finally:
+        from libs.common.db import dispose_engines
+
+        await dispose_engines()
         await supervisor.stop()
     log.info("stopped")
     return 0

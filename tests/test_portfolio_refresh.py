@@ -557,3 +557,34 @@ async def test_example_portfolios_refresh_end_to_end(
                                           "factor_exposures WHERE calculation_date = $1", NEXT_DAY)
     assert exposures[0]["n"] == len(ids)
 
+
+
+async def test_refresh_jobs_report_portfolios_done_of_total(ctx: ServiceContext,
+                                                            database_url: str) -> None:
+    """Plan, chunk and request jobs count portfolios (not 0/0) so `status` and the console
+    can show them; the plan's count is what the chunks then refresh."""
+    from libs.common.events import PortfolioRefreshChunkRequested
+    from services.portfolio_refresh.handlers import RefreshHandlers
+
+    ids = await seed_synthetic(database_url, 7)
+    handlers = RefreshHandlers(ctx)
+    handlers.chunk_size = 3
+    await handlers.on_symbol_batch_completed(batch_event(DAYS[0]), None)  # type: ignore[arg-type]
+    planned_at = dt.datetime.now(dt.UTC)
+    chunk = PortfolioRefreshChunkRequested(batch_date=DAYS[0], portfolio_ids=sorted(ids)[:3],
+                                           chunk_index=0, chunk_count=3, planned_at=planned_at)
+    await handlers.on_chunk(chunk, None)  # type: ignore[arg-type]
+    await handlers.on_refresh_requested(  # type: ignore[arg-type]
+        PortfolioRefreshRequested(portfolio_id=ids[0], as_of=DAYS[1], reason="test"), None)
+    rows = await fetch(database_url, "SELECT job_type, status, progress_current, progress_total, "
+                                     "progress_unit, phases FROM batch_run_history "
+                                     "ORDER BY started_at")
+    progress = [(r["job_type"], r["status"], r["progress_current"], r["progress_total"],
+                 r["progress_unit"]) for r in rows]
+    assert progress == [
+        ("portfolio_refresh", "completed", 7, 7, "portfolios"),
+        ("portfolio_refresh_chunk", "completed", 3, 3, "portfolios"),
+        ("portfolio_refresh_request", "completed", 1, 1, "portfolios"),
+    ]
+    assert [p["name"] for p in json.loads(rows[1]["phases"])] == ["refresh"]
+    assert await complete_count(database_url, DAYS[0]) == 3

@@ -97,6 +97,9 @@ class RefreshHandlers:
                     conn = await raw_connection(session)
                     eligible = await repo.eligible_portfolios(conn, day, planned_at)
                 chunks = plan_chunks(eligible, self.chunk_size)
+                # Progress in portfolios: how many have been handed to a chunk so far.
+                await self.ctx.jobs.phase(job, "plan", total=len(eligible), unit="portfolios")
+                handed = 0
                 for index, ids in enumerate(chunks):
                     await self.ctx.publish(
                         PortfolioRefreshChunkRequested(
@@ -108,14 +111,18 @@ class RefreshHandlers:
                             correlation_id=event.correlation_id,
                         )
                     )
+                    handed += len(ids)
+                    await self.ctx.jobs.progress(job, handed)
                 await self.ctx.jobs.finish(
                     job, COMPLETED, result={"portfolios": len(eligible), "chunks": len(chunks)}
                 )
         except JobAlreadyRunning as exc:
             raise TransientError(str(exc)) from exc
         log.info(
-            "planned %s: %d portfolio(s) in %d chunk(s)",
+            "planned %s: %d portfolio(s) in %d chunk(s)%s",
             day, len(eligible), len(chunks),
+            "" if eligible else " (portfolios still onboarding get their first snapshot "
+                                "from onboarding, not from this plan)",
             extra={"correlation_id": event.correlation_id},
         )
         if not eligible:
@@ -128,6 +135,8 @@ class RefreshHandlers:
             async with self.ctx.jobs.run(
                 JOB_CHUNK, key, correlation_id=command.correlation_id
             ) as job:
+                await self.ctx.jobs.phase(
+                    job, "refresh", total=len(command.portfolio_ids), unit="portfolios")
                 outcomes = await refresh_portfolios(
                     self.ctx.database_url, day, command.portfolio_ids, self.params,
                     max_backfill=self.ctx.settings.max_backfill_days,
@@ -167,6 +176,7 @@ class RefreshHandlers:
             async with self.ctx.jobs.run(
                 JOB_REQUEST, key, correlation_id=command.correlation_id
             ) as job:
+                await self.ctx.jobs.phase(job, "refresh", total=1, unit="portfolios")
                 outcomes = await refresh_portfolios(
                     self.ctx.database_url, day, [command.portfolio_id], self.params,
                     explicit=True, max_backfill=self.ctx.settings.max_backfill_days,
@@ -201,5 +211,7 @@ class RefreshHandlers:
                     correlation_id=correlation_id,
                 )
             )
-            log.info("date %s refreshed: %d snapshot(s)", day, total,
+            log.info("date %s refreshed: every planned portfolio is done; %d complete "
+                     "snapshot(s) on the date in all (first snapshots of onboardings included)",
+                     day, total,
                      extra={"correlation_id": correlation_id})

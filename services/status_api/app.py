@@ -32,6 +32,7 @@ from services.status_api.api.middleware import (
     install_error_handlers,
 )
 from services.status_api.api.state import ApiState
+from services.status_api.console import mount_console
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,10 @@ def create_app(settings: Settings | None = None, *,
     state = ApiState(settings=settings, database_url=settings.require_database_url(),
                      topology=bootstrap.topology(settings), snapshot_maker=snapshot_maker)
     app = FastAPI(title="sigmabatch API", version="0.1.0", description=DESCRIPTION,
-                  lifespan=_lifespan(state))
+                  lifespan=_lifespan(state),
+                  # /docs is served by mount_console from the package's own Swagger UI
+                  # assets (no CDN); ReDoc would load from one, so it is off.
+                  docs_url=None, redoc_url=None)
     app.state.api = state
     if settings.cors_origins:
         app.add_middleware(
@@ -64,6 +68,7 @@ def create_app(settings: Settings | None = None, *,
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     install_error_handlers(app)
     include_routers(app)
+    mount_console(app)
     return app
 
 

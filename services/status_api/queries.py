@@ -20,6 +20,9 @@ from libs.common.onboarding import store
 from libs.common.onboarding.domain import PHASES, progress
 from libs.common.snapshots.refresh import JOB_REQUEST as REFRESH_REQUEST_JOB
 
+# The activity log is in time order: a line's timestamp is its transaction's start, so a
+# long transaction (a symbol fetch) may insert after a later-started one; ids alone would
+# list its line out of order.
 # Plain asyncpg SQL: the status endpoint is polled by every open browser tab, so it runs as
 # one autocommit statement on a raw pool (no ORM session, no BEGIN/COMMIT round trips).
 ONBOARDING_SQL = """
@@ -40,9 +43,9 @@ ONBOARDING_SQL = """
                       AND ps.is_complete) AS snapshot_done,
            (SELECT COALESCE(json_agg(json_build_object(
                        'timestamp', a.timestamp, 'level', a.level, 'message', a.message)
-                       ORDER BY a.id), '[]'::json)
+                       ORDER BY a.timestamp, a.id), '[]'::json)
               FROM (SELECT * FROM onboarding_activity oa WHERE oa.portfolio_id = p.id
-                    ORDER BY oa.id DESC LIMIT 100) a) AS activity
+                    ORDER BY oa.timestamp DESC, oa.id DESC LIMIT 100) a) AS activity
     FROM portfolios p
     LEFT JOIN portfolio_onboarding po ON po.portfolio_id = p.id
     WHERE p.id = $1 AND p.user_id = $2
@@ -313,3 +316,69 @@ async def symbol_factors(session: AsyncSession, symbol: str,
         {"s": symbol, "d": on},
     )
     return [dict(r) for r in rows.mappings()]
+
+
+BATCH_DATES_SQL = """
+    SELECT d.batch_date, d.status, d.symbols_total, d.symbols_failed, d.failures,
+           d.completed_at, d.run_id,
+           j.job_key AS run_key, j.status AS run_status, j.started_at AS run_started_at,
+           j.finished_at AS run_finished_at, j.phases AS run_phases, j.attempts AS run_attempts,
+           r.status AS refresh_status, r.progress_current AS refresh_done,
+           r.progress_total AS refresh_total,
+           (SELECT count(*) FROM portfolio_snapshots s
+             WHERE s.snapshot_date = d.batch_date AND s.is_complete) AS snapshots
+    FROM symbol_batch_dates d
+    LEFT JOIN batch_run_history j ON j.id = d.run_id
+    LEFT JOIN LATERAL (
+        SELECT status, progress_current, progress_total FROM batch_run_history
+        WHERE job_type = :refresh_plan AND job_key = CAST(d.batch_date AS text)
+        ORDER BY started_at DESC LIMIT 1) r ON true
+    WHERE CAST(:before AS date) IS NULL OR d.batch_date < :before
+    ORDER BY d.batch_date DESC
+    LIMIT :limit
+"""
+
+
+def _phase_durations(phases: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    out = []
+    for phase in phases or []:
+        seconds = None
+        if phase.get("started_at") and phase.get("finished_at"):
+            seconds = round((dt.datetime.fromisoformat(phase["finished_at"])
+                             - dt.datetime.fromisoformat(phase["started_at"])).total_seconds(), 3)
+        out.append({"name": phase.get("name"), "status": phase.get("status"),
+                    "current": phase.get("current"), "total": phase.get("total"),
+                    "unit": phase.get("unit"), "seconds": seconds})
+    return out
+
+
+async def batch_dates(session: AsyncSession, limit: int,
+                      before: dt.date | None) -> list[dict[str, Any]]:
+    """The symbol batch per trading date, newest first: its run, phases, failures, refresh."""
+    from libs.common.snapshots.refresh import JOB_PLAN
+
+    rows = await session.execute(text(BATCH_DATES_SQL),
+                                 {"limit": limit, "before": before, "refresh_plan": JOB_PLAN})
+    out = []
+    for r in rows.mappings():
+        failures = r["failures"] or {}
+        run = None
+        if r["run_id"] is not None and r["run_key"] is not None:
+            end = r["run_finished_at"] or dt.datetime.now(dt.UTC)
+            run = {"id": r["run_id"], "job_key": r["run_key"], "status": r["run_status"],
+                   "started_at": r["run_started_at"], "finished_at": r["run_finished_at"],
+                   "attempts": r["run_attempts"],
+                   "duration_seconds": round((end - r["run_started_at"]).total_seconds(), 3),
+                   "phases": _phase_durations(r["run_phases"])}
+        refresh = None
+        if r["refresh_status"] is not None:
+            refresh = {"status": r["refresh_status"], "planned": r["refresh_total"]}
+        out.append({
+            "batch_date": r["batch_date"], "status": r["status"],
+            "symbols_total": r["symbols_total"], "symbols_failed": r["symbols_failed"],
+            "failures": [{"symbol": s, "reason": str(reason)}
+                         for s, reason in sorted(failures.items())],
+            "completed_at": r["completed_at"], "run": run, "refresh": refresh,
+            "snapshots": r["snapshots"],
+        })
+    return out

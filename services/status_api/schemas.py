@@ -218,3 +218,70 @@ class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     database: bool
     nats: bool
+
+
+class Me(BaseModel):
+    user_id: uuid.UUID
+    username: str
+    is_admin: bool
+
+
+class PhaseDuration(BaseModel):
+    name: str | None
+    status: str | None
+    current: int | None = None
+    total: int | None = None
+    unit: str | None = None
+    seconds: float | None = Field(None, description="Null while the phase runs or if skipped.")
+
+
+class BatchRunOut(BaseModel):
+    id: uuid.UUID
+    job_key: str = Field(description="The run's target date (one run may backfill many dates).")
+    status: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    attempts: int
+    duration_seconds: float
+    phases: list[PhaseDuration]
+
+
+class SymbolFailure(BaseModel):
+    symbol: str
+    reason: str
+
+
+class DateRefresh(BaseModel):
+    status: str
+    planned: int = Field(description="Portfolios the refresh of the date planned.")
+
+
+class BatchDateOut(BaseModel):
+    batch_date: dt.date
+    status: str
+    symbols_total: int
+    symbols_failed: int
+    failures: list[SymbolFailure]
+    completed_at: dt.datetime
+    run: BatchRunOut | None
+    refresh: DateRefresh | None
+    snapshots: int = Field(description="Complete portfolio snapshots on the date.")
+
+
+class StreamOut(BaseModel):
+    stream: str
+    messages: int
+    bytes: int
+
+
+class ConsumerLag(BaseModel):
+    stream: str
+    consumer: str
+    pending: int = Field(description="Messages not yet delivered.")
+    ack_pending: int = Field(description="Delivered, not yet acknowledged.")
+    redelivered: int
+
+
+class BusStatus(BaseModel):
+    streams: list[StreamOut]
+    consumers: list[ConsumerLag]

@@ -9,6 +9,7 @@ from services.status_api.api.routes import (
     batch,
     frontend_analytics,
     frontend_onboarding,
+    me,
     onboarding,
     ops,
     portfolios,
@@ -16,7 +17,7 @@ from services.status_api.api.routes import (
 )
 
 ROUTERS = (portfolios.router, onboarding.router, batch.router, admin.router, symbols.router,
-           ops.router, frontend_onboarding.router, frontend_analytics.router)
+           me.router, ops.router, frontend_onboarding.router, frontend_analytics.router)
 
 
 def include_routers(app: FastAPI) -> None:
