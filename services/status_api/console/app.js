@@ -33,6 +33,11 @@
     return el;
   }
 
+  /** Replace an element's children, skipping the null/false of conditional parts. */
+  function put(el, ...nodes) {
+    el.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
+  }
+
   /** A decimal (string or number) to a fixed number of places, rounding half away from zero,
    * with thousands separators: money travels as strings, so no float rounding creeps in. */
   function fmtDec(value, dp = 2) {
@@ -91,7 +96,7 @@
     }
   }
 
-  async function api(path, { method = "GET", json, form } = {}) {
+  async function api(path, { method = "GET", json, form, signOutOn401 = true } = {}) {
     const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
     let body;
     if (json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
@@ -100,7 +105,7 @@
     const type = response.headers.get("content-type") || "";
     const data = type.includes("application/json") ? await response.json() : await response.text();
     if (!response.ok) {
-      if (response.status === 401) signOut("Your token is no longer accepted (401): sign in again.");
+      if (response.status === 401 && signOutOn401) signOut("Your token is no longer accepted (401): sign in again.");
       throw new ApiError(response.status, data);
     }
     return data;
@@ -131,7 +136,7 @@
   ];
 
   function render(...nodes) {
-    main.replaceChildren(...nodes);
+    put(main, ...nodes);
   }
 
   async function route() {
@@ -188,7 +193,7 @@
       problem.replaceChildren();
       sessionStorage.setItem(TOKEN_KEY, input.value.trim());
       try {
-        state.me = await api("/api/v1/me");
+        state.me = await api("/api/v1/me", { signOutOn401: false });
       } catch (error) {
         sessionStorage.removeItem(TOKEN_KEY);
         document.getElementById("nav").hidden = true;
@@ -349,7 +354,7 @@
         if (error.status === 422 && error.body && Array.isArray(error.body.errors)) {
           const problems = error.body.errors;
           const general = problems.filter((p) => !p.row);
-          result.append(
+          put(result,
             h("div", { class: "error-box", role: "alert", id: "upload-rejected" }, error.body.detail),
             general.length ? h("ul", { id: "general-problems" }, general.map((p) =>
               h("li", {}, p.column ? `${p.column}: ` : "", p.message))) : null,
@@ -386,7 +391,7 @@
 
     const showUnavailable = () => {
       stop();
-      view.replaceChildren(
+      put(view, 
         h("h2", { id: "status-unavailable" }, "Status unavailable"),
         h("p", {}, "The API has no onboarding status for this portfolio. It may have been created without an upload, ",
           "or belong to another user."),
@@ -434,7 +439,7 @@
     const mode = doc.mode === "v2_instant"
       ? ["instant", "every symbol was already known: the first snapshot was made with the upload"]
       : ["async", "new symbols are being fetched before the first snapshot"];
-    view.replaceChildren(
+    put(view, 
       h("div", { class: "row-actions" },
         badge(doc.status), h("span", { id: "mode", dataset: { mode: doc.mode || "" } }, h("strong", {}, doc.mode || "—"), ` (${mode[0]}: ${mode[1]})`)),
       h("p", {}, `${overall.current_phase_name || ""} · ${fmtDec(percent, 0)}% · ${fmtDec(doc.elapsed_seconds || 0, 1)} s`),
@@ -627,7 +632,7 @@
           h("thead", {}, h("tr", {}, h("th", {}, ""), symbols.map((s) => h("th", {}, s)))),
           h("tbody", {}, symbols.map((s, i) => h("tr", {}, h("th", {}, s), (correlations.matrix[i] || []).map(cell))))))));
     }
-    area.append(h("div", { class: "grid two" }, panels));
+    if (panels.length) area.append(h("div", { class: "grid two" }, panels));
   }
 
   // ---------------------------------------------------------------- operations
@@ -665,9 +670,8 @@
         actionResult),
       h("section", { class: "panel" }, h("h2", {}, "Running jobs"), running),
       h("section", { class: "panel" }, h("h2", {}, "Batch runs by date"), dates),
-      h("div", { class: "grid two" },
-        h("section", { class: "panel" }, h("h2", {}, "Failed and dead-lettered jobs"), failed),
-        h("section", { class: "panel" }, h("h2", {}, "Streams and consumer lag"), busArea)));
+      h("section", { class: "panel" }, h("h2", {}, "Failed and dead-lettered jobs"), failed),
+      h("section", { class: "panel" }, h("h2", {}, "Streams and consumer lag"), busArea));
 
     const jobTable = (jobs, withRetry) => jobs.length ? h("div", { class: "scroll" }, h("table", {},
       h("thead", {}, h("tr", {}, ["Type", "Key", withRetry ? "Error" : "Phase", withRetry ? "Finished" : "Progress", "Attempts", ""].map((c) => h("th", {}, c)))),
