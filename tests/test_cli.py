@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -287,6 +288,46 @@ def test_operator_commands_find_the_running_system(system: UpProcess) -> None:
     assert {"watermark", "running", "recent", "latest_per_type"} <= set(report)
     streams = {s["stream"] for s in report["bus"]["streams"]}
     assert {"SIGMABATCH_JOBS", "SIGMABATCH_EVENTS"} <= streams
+
+
+def test_up_prints_the_console_url_and_a_ready_token(system: UpProcess) -> None:
+    """A newcomer is told where the console is and how to sign in, with nothing to fix."""
+    def printed() -> str | None:
+        text = system.log.read_text()
+        return text if "  token " in text else None
+
+    log = wait_for(printed, 30, "the token line of up", system.log)
+    console = next(line.split()[1] for line in log.splitlines() if line.startswith("  console "))
+    token = next(line.split()[1] for line in log.splitlines() if line.startswith("  token "))
+    command = next(line.split(None, 2)[2] for line in log.splitlines()
+                   if line.startswith("  more tokens "))
+    assert console == system.runtime()["api_url"] + "/"
+    page = httpx.get(console, timeout=10)
+    assert page.status_code == 200 and "sigmabatch console" in page.text
+    me = httpx.get(console + "api/v1/me", headers={"Authorization": f"Bearer {token}"},
+                   timeout=10).json()
+    assert me["is_admin"] is True
+    env = {k: v for k, v in embedded_env().items() if k not in ("USER", "LOGNAME", "VIRTUAL_ENV")}
+    env["PATH"] = "/usr/bin:/bin"  # no activated venv: the printed command names its own path
+    made = subprocess.run(shlex.split(command), env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO_ROOT)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().startswith("sb_")
+
+
+def test_trigger_wait_shows_progress_and_a_summary_then_knows_the_date_is_done(
+        system: UpProcess) -> None:
+    data_dir = str(system.data_dir)
+    waited = run_cli("trigger", "nightly", "--date", "2026-06-03", "--wait", "--timeout", "240",
+                     "--data-dir", data_dir, timeout=300)
+    assert waited.returncode == 0, waited.stdout[-3000:] + waited.stderr[-3000:]
+    assert "symbol batch 2026-06-03:" in waited.stdout
+    assert "Summary: symbol batch 2026-06-03 completed" in waited.stdout
+    assert "  2026-06-03  completed" in waited.stdout
+    again = run_cli("trigger", "nightly", "--date", "2026-06-03", "--data-dir", data_dir)
+    assert again.returncode == 0
+    assert "2026-06-03 is already complete (completed" in again.stdout
+    assert "published" not in again.stdout
 
 
 def test_a_killed_service_is_restarted(system: UpProcess) -> None:
