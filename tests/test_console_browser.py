@@ -206,7 +206,7 @@ class Page:
     def __init__(self, browser, system: System, viewport: dict) -> None:
         self.context = browser.new_context(viewport=viewport)
         self.page = self.context.new_page()
-        self.page.set_default_timeout(20_000)
+        self.page.set_default_timeout(45_000)  # a loaded CI machine
         self.system = system
         self.errors: list[str] = []
         self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))

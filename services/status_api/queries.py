@@ -339,7 +339,7 @@ BATCH_DATES_SQL = """
 """
 
 
-def _phase_durations(phases: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+def _run_phase_seconds(phases: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     out = []
     for phase in phases or []:
         seconds = None
@@ -369,7 +369,7 @@ async def batch_dates(session: AsyncSession, limit: int,
                    "started_at": r["run_started_at"], "finished_at": r["run_finished_at"],
                    "attempts": r["run_attempts"],
                    "duration_seconds": round((end - r["run_started_at"]).total_seconds(), 3),
-                   "phases": _phase_durations(r["run_phases"])}
+                   "phases": _run_phase_seconds(r["run_phases"])}
         refresh = None
         if r["refresh_status"] is not None:
             refresh = {"status": r["refresh_status"], "planned": r["refresh_total"]}
