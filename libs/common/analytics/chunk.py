@@ -23,10 +23,19 @@ import pandas as pd
 from libs.common import pnl
 from libs.common.analytics import correlation as corr_mod
 from libs.common.analytics import risk, stress
-from libs.common.domain.options import OPTION_MULTIPLIER, black_scholes_greeks
+from libs.common.domain.options import (
+    OPTION_MULTIPLIER,
+    black_scholes_greeks,
+    delta_dollars,
+    gamma_dollars,
+)
 from libs.common.factors import daily_returns
 
 GREEK_COLUMNS = ["delta", "gamma", "theta", "vega", "rho", "delta_dollars", "gamma_dollars"]
+GREEK_FRAME_COLUMNS = [
+    "position_id", "portfolio_id", "underlying_symbol", *GREEK_COLUMNS, "gamma_units", "units",
+    "underlying_price", "strike", "years", "volatility", "rate",
+]
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,9 @@ def option_greeks(values: pd.DataFrame, closes: pd.DataFrame, params: pnl.Pricin
     """
     opts = values[values["is_option"].astype(bool) & values["is_active"].astype(bool)].copy()
     if opts.empty:
-        return pd.DataFrame(columns=["position_id", "portfolio_id", *GREEK_COLUMNS,
-                                     "underlying_price", "strike", "years", "volatility", "rate"])
+        return pd.DataFrame(
+            {c: pd.Series(dtype="float64") for c in GREEK_FRAME_COLUMNS}
+        ).astype({"position_id": object, "portfolio_id": object, "underlying_symbol": object})
     spot = opts["underlying_price"].to_numpy(dtype="float64")
     years = opts["model_years"].to_numpy(dtype="float64")
     vol = opts["model_volatility"].to_numpy(dtype="float64")
@@ -87,7 +97,8 @@ def option_greeks(values: pd.DataFrame, closes: pd.DataFrame, params: pnl.Pricin
     strike = opts["strike_price"].to_numpy(dtype="float64")
     is_call = opts["option_type"].eq("CALL").to_numpy()
     g = black_scholes_greeks(spot, strike, years, rate, vol, is_call)
-    units = opts["quantity"].to_numpy(dtype="float64") * OPTION_MULTIPLIER
+    quantity = opts["quantity"].to_numpy(dtype="float64")
+    units = quantity * OPTION_MULTIPLIER
     return pd.DataFrame(
         {
             "position_id": opts["position_id"].to_numpy(),
@@ -98,8 +109,8 @@ def option_greeks(values: pd.DataFrame, closes: pd.DataFrame, params: pnl.Pricin
             "theta": g.theta_per_day,
             "vega": g.vega_per_pct,
             "rho": g.rho_per_pct,
-            "delta_dollars": g.delta * units * spot,
-            "gamma_dollars": g.gamma * units * spot * spot / 100.0,
+            "delta_dollars": delta_dollars(g.delta, quantity, spot),
+            "gamma_dollars": gamma_dollars(g.gamma, quantity, spot),
             "gamma_units": g.gamma * units,
             "units": units,
             "underlying_price": spot,
@@ -233,3 +244,21 @@ def compute_analytics(
 
 def _num(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
+
+
+def analytics_of_refresh(
+    refresh: pnl.RefreshResult, positions: pd.DataFrame, inputs: AnalyticsInputs,
+    params: pnl.PricingParams,
+) -> AnalyticsResult:
+    """Analytics of the portfolios a refresh just valued (its marks, equity and positions)."""
+    values = refresh.positions
+    if "expiration_date" not in values.columns and len(values):
+        expiry = positions.set_index(positions["position_id"].astype(str))["expiration_date"]
+        values = values.assign(
+            expiration_date=values["position_id"].astype(str).map(expiry).to_numpy())
+    snaps = refresh.snapshots
+    equity = pd.Series(
+        (snaps["equity_cents"] / 100.0).to_numpy(dtype="float64"),
+        index=snaps["portfolio_id"].astype(str).to_numpy(),
+    )
+    return compute_analytics(values, equity, inputs, params)

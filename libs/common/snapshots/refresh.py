@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from libs.common import pnl
+from libs.common.analytics import repository as analytics_repo
+from libs.common.analytics.chunk import analytics_of_refresh
 from libs.common.db import raw_connection, session_scope
 from libs.common.exposures import ExposureResult, compute_exposures
 from libs.common.snapshots import repository as repo
@@ -77,10 +79,15 @@ async def refresh_date(
         if not claimed:
             return DateOutcome(day, 0, 0)
         inputs = await repo.load_chunk(conn, day, claimed)
+        as_of = await analytics_repo.load_inputs(conn, day, inputs.positions, inputs.betas)
         # CPU-bound: off the event loop, so bus heartbeats keep flowing meanwhile.
         result, snapshot_rows, model_inputs, exposures = await asyncio.to_thread(
             compute_chunk, day, inputs, params
         )
+        analytics = await asyncio.to_thread(
+            analytics_of_refresh, result, inputs.positions, as_of, params
+        )
+        await analytics_repo.write_analytics(conn, day, claimed, analytics)
         await repo.write_position_snapshots(conn, day, result.positions, model_inputs)
         await repo.write_factor_exposures(
             conn, day, claimed, exposures.weights, inputs.betas, exposures.portfolios

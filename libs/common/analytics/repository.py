@@ -1,0 +1,229 @@
+"""SQL of the risk analytics: as-of reads and set-based writes for a chunk, in its transaction.
+
+Called by the snapshot use case between computing and completing the slots, so analytics are
+written in the same transaction as the snapshot: a crash leaves neither, a redo rewrites
+both (each write first deletes the chunk's rows for the date). Reads are as of the date:
+closes dated on or before it, betas of the refresh (latest ≤ date), the active scenario set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pandas as pd
+
+from libs.common.analytics import risk
+from libs.common.analytics.chunk import AnalyticsInputs, AnalyticsResult
+from libs.common.analytics.stress import GAMMA_KEY
+from libs.common.factors import FACTOR_ETFS
+
+#: Calendar days of closes read for the longest window (272 returns ≈ 395 calendar days).
+HISTORY_CALENDAR_DAYS = int((risk.HISTORY_SESSIONS + 1) * 365 / 252) + 10
+
+
+class _HistoryCache:
+    """Wide closes of one date, reused by the chunks of that date in this process.
+
+    Keyed by the date and its symbol-batch run (a rerun restating prices gets a new key), it
+    only ever holds rows dated on or before that date, read from the database; symbols a
+    chunk needs that are not in it yet are read and added.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple[dt.date, str] | None = None
+        self.frame = pd.DataFrame()
+        self.absent: set[str] = set()
+
+    async def closes(self, conn: asyncpg.Connection, day: dt.date, symbols: list[str]) -> pd.DataFrame:
+        run = await conn.fetchval(
+            "SELECT coalesce(run_id::text, '') || ':' || status FROM symbol_batch_dates "
+            "WHERE batch_date = $1", day)
+        key = (day, run or "")
+        if key != self.key:
+            self.key, self.frame, self.absent = key, pd.DataFrame(), set()
+        missing = sorted(set(symbols) - set(self.frame.columns) - self.absent)
+        if missing:
+            rows = await conn.fetch(
+                """
+                SELECT symbol, date, adj_close FROM market_data_cache
+                WHERE symbol = ANY($1::text[]) AND date <= $2 AND date > $3
+                """,
+                missing, day, day - dt.timedelta(days=HISTORY_CALENDAR_DAYS),
+            )
+            long = pd.DataFrame.from_records(
+                [tuple(r) for r in rows], columns=["symbol", "date", "close"])
+            wide = (
+                long.pivot(index="date", columns="symbol", values="close")
+                if len(long) else pd.DataFrame()
+            )
+            wide.index = pd.DatetimeIndex(wide.index)
+            self.frame = self.frame.join(wide, how="outer") if len(self.frame.columns) else wide
+            self.frame = self.frame.sort_index()
+            self.absent |= set(missing) - set(wide.columns)
+        present = [s for s in symbols if s in self.frame.columns]
+        return self.frame.loc[:, present].astype("float64")
+
+
+_CACHE = _HistoryCache()
+
+
+async def load_inputs(
+    conn: asyncpg.Connection, day: dt.date, positions: pd.DataFrame, betas: pd.DataFrame
+) -> AnalyticsInputs:
+    """Closes (≤ day), company profiles and the active scenarios for a chunk's positions."""
+    symbols = set(positions["symbol"].dropna()) | set(positions["underlying_symbol"].dropna())
+    wanted = sorted(symbols | set(FACTOR_ETFS))
+    closes = await _CACHE.closes(conn, day, wanted)
+    profiles = pd.DataFrame.from_records(
+        [tuple(r) for r in await conn.fetch(
+            "SELECT symbol, sector, beta FROM company_profiles WHERE symbol = ANY($1::text[])",
+            sorted(symbols))],
+        columns=["symbol", "sector", "beta"],
+    )
+    scenarios = await active_scenarios(conn)
+    return AnalyticsInputs(closes=closes, profiles=profiles, scenarios=scenarios, betas=betas)
+
+
+async def active_scenarios(conn: asyncpg.Connection) -> pd.DataFrame:
+    """The latest version of every active scenario, in their seeded order."""
+    rows = await conn.fetch(
+        """
+        SELECT scenario_id, version, name, category, shocks::text, description FROM (
+            SELECT DISTINCT ON (scenario_id) * FROM stress_scenarios
+            ORDER BY scenario_id, version DESC) latest
+        WHERE is_active ORDER BY sort_order, scenario_id
+        """
+    )
+    frame = pd.DataFrame.from_records(
+        [tuple(r) for r in rows],
+        columns=["scenario_id", "version", "name", "category", "shocks", "description"],
+    )
+    frame["shocks"] = [json.loads(s) for s in frame["shocks"]]
+    return frame
+
+
+def _f(values: Any) -> list[float | None]:
+    """Floats for the database, NaN/inf as NULL."""
+    arr = np.asarray(values, dtype="float64")
+    return [None if not np.isfinite(v) else v for v in arr.tolist()]
+
+
+def _array(values: np.ndarray) -> list[float | None]:
+    return [None if v != v else v for v in values.tolist()]  # NaN -> NULL element
+
+
+async def _replace(
+    conn: asyncpg.Connection, table: str, day: dt.date, ids: list[uuid.UUID],
+    columns: list[str], records: list[tuple[Any, ...]],
+) -> None:
+    await conn.execute(
+        f"DELETE FROM {table} WHERE portfolio_id = ANY($1::uuid[]) AND calculation_date = $2",
+        ids, day)
+    if records:
+        await conn.copy_records_to_table(table, records=records, columns=columns)
+
+
+async def write_analytics(
+    conn: asyncpg.Connection, day: dt.date, portfolio_ids: Sequence[uuid.UUID],
+    result: AnalyticsResult,
+) -> None:
+    """Replace the chunk's analytics rows for ``day`` (COPY, four tables)."""
+    ids = list(portfolio_ids)
+    as_uuid = {str(p): p for p in ids}
+    r = result.risk
+    keep = r["portfolio_id"].isin(as_uuid).to_numpy()
+    r = r[keep]
+    unclassified = result.unclassified
+    risk_cols = ["volatility_21d", "volatility_63d", "volatility_forecast", "volatility_percentile",
+                 "beta_regression", "beta_r2", "beta_exposure_weighted", "beta_provider",
+                 "beta_provider_coverage", "hhi", "effective_positions", "top3_weight",
+                 "top10_weight"]
+    floats = {c: _f(r[c]) for c in risk_cols}
+    greek_cols = ["delta", "gamma", "theta", "vega", "rho", "delta_dollars", "gamma_dollars"]
+    greeks = {c: np.nan_to_num(r[f"greek_{c}"].to_numpy(dtype="float64")).tolist()
+              for c in greek_cols}
+    pids = r["portfolio_id"].tolist()
+    records = [
+        (
+            as_uuid[pid], day, r["return_basis"].iat[i], int(r["history_sessions"].iat[i]),
+            *(floats[c][i] for c in risk_cols[:6]), int(r["beta_n_obs"].iat[i]),
+            *(floats[c][i] for c in risk_cols[6:]),
+            json.dumps(result.sectors.get(pid, [])), unclassified.get(pid, []),
+            *(greeks[c][i] for c in greek_cols),
+        )
+        for i, pid in enumerate(pids)
+    ]
+    await _replace(
+        conn, "portfolio_risk_metrics", day, ids,
+        ["portfolio_id", "calculation_date", "return_basis", "history_sessions",
+         *risk_cols[:6], "beta_n_obs", *risk_cols[6:], "sectors", "unclassified_symbols",
+         *greek_cols],
+        records,
+    )
+
+    g = result.greeks
+    g = g[g["portfolio_id"].isin(as_uuid)]
+    greek_value_cols = [*greek_cols, "underlying_price", "strike", "years", "volatility", "rate"]
+    gvals = {c: _f(g[c]) for c in greek_value_cols}
+    await _replace(
+        conn, "position_greeks", day, ids,
+        ["portfolio_id", "calculation_date", "position_id", *greek_value_cols],
+        [
+            (as_uuid[pid], day, pos, *(gvals[c][i] for c in greek_value_cols))
+            for i, (pid, pos) in enumerate(zip(g["portfolio_id"], g["position_id"], strict=True))
+        ],
+    )
+
+    c = result.correlations
+    corr_records = []
+    for row, pid in enumerate(c.portfolio_ids):
+        if pid not in as_uuid:
+            continue
+        k = int(c.n_members[row])
+        upper = np.triu_indices(k, 1)
+        upper_diag = np.triu_indices(k, 0)
+        corr_records.append((
+            as_uuid[pid], day, c.window_sessions, list(c.symbols[row, :k]),
+            c.corr[row, :k, :k][upper].tolist(),
+            c.observations[row, :k, :k][upper_diag].tolist(),
+            c.labels[row, :k].tolist(), c.excluded[row],
+            *_f([c.average_correlation[row], c.diversification_ratio[row],
+                 c.effective_bets[row]]),
+        ))
+    await _replace(
+        conn, "portfolio_correlations", day, ids,
+        ["portfolio_id", "calculation_date", "window_sessions", "symbols", "correlations",
+         "observations", "cluster_labels", "excluded_symbols", "average_correlation",
+         "diversification_ratio", "effective_bets"],
+        corr_records,
+    )
+
+    s = result.stress
+    scen = s.moves.scenarios
+    scenario_ids = scen["scenario_id"].tolist()
+    versions = [int(v) for v in scen["version"]]
+    factors = [*s.moves.factors, GAMMA_KEY]
+    moves = s.moves.correlated.ravel().tolist()
+    stress_records = []
+    for row, pid in enumerate(s.portfolio_ids):
+        if pid not in as_uuid:
+            continue
+        eq = float(result.risk["equity"].iat[row])
+        stress_records.append((
+            as_uuid[pid], day, eq if np.isfinite(eq) else None, scenario_ids, versions, factors,
+            _array(s.direct[row]), _array(s.correlated[row]), _array(s.pct_of_equity[row]),
+            _array(s.pct_of_gross[row]), moves, _array(s.contributions[row].ravel()),
+        ))
+    await _replace(
+        conn, "portfolio_stress_results", day, ids,
+        ["portfolio_id", "calculation_date", "equity", "scenario_ids", "scenario_versions",
+         "factors", "direct_impact", "correlated_impact", "impact_pct_of_equity",
+         "impact_pct_of_gross", "factor_moves", "contributions"],
+        stress_records,
+    )
