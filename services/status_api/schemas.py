@@ -285,3 +285,126 @@ class ConsumerLag(BaseModel):
 class BusStatus(BaseModel):
     streams: list[StreamOut]
     consumers: list[ConsumerLag]
+
+
+# --- risk analytics (docs/design.md §10) ------------------------------------------------
+
+
+class GreeksOut(BaseModel):
+    """Per position (× quantity × 100 where a position total): theta per calendar day, vega
+    per volatility point, rho per rate point; per-unit delta and gamma."""
+
+    delta: float | None
+    gamma: float | None
+    theta: float | None
+    vega: float | None
+    rho: float | None
+    delta_dollars: float | None = Field(description="Δ × qty × 100 × underlying price.")
+    gamma_dollars: float | None = Field(
+        description="Γ × qty × 100 × S² / 100: change of delta_dollars for a 1% move.")
+
+
+class ModelInputsOut(BaseModel):
+    underlying_price: float | None
+    strike: float | None
+    years: float | None
+    volatility: float | None
+    rate: float | None
+    details: dict[str, Any] | None = Field(
+        default=None, description="What the P&L recorded with a model price (sources, dates).")
+
+
+class PositionValuationOut(PositionOut):
+    """A position valued on a date (docs/design.md §10)."""
+
+    daily_pnl: Decimal | None = None
+    realized_pnl: Decimal | None = None
+    greeks: GreeksOut | None = None
+    model_inputs: ModelInputsOut | None = None
+
+
+class BetaRegressionOut(BaseModel):
+    beta: float | None
+    r2: float | None
+    n_obs: int
+    benchmark: str
+    window_sessions: int
+
+
+class SectorOut(BaseModel):
+    sector: str
+    net_weight: float | None
+    gross_weight: float | None
+
+
+class PortfolioGreeksOut(BaseModel):
+    """Σ over option positions: delta and gamma in share-equivalents, theta ($/day), vega
+    ($/vol point), rho ($/rate point), and the dollar delta and gamma."""
+
+    delta: float | None
+    gamma: float | None
+    theta: float | None
+    vega: float | None
+    rho: float | None
+    delta_dollars: float | None
+    gamma_dollars: float | None
+
+
+class RiskOut(BaseModel):
+    """Risk of a portfolio on a date; weights and volatilities are fractions (0.2 = 20%)."""
+
+    date: dt.date
+    volatility_21d: float | None
+    volatility_63d: float | None
+    volatility_forecast: float | None
+    volatility_method: str
+    volatility_percentile: float | None = Field(
+        description="Share (0..1) of the last year's 21-day volatilities at or below today's.")
+    beta_regression: BetaRegressionOut
+    beta_exposure_weighted: float | None
+    beta_provider: float | None
+    beta_provider_coverage: float | None
+    hhi: float | None = Field(description="Σ w², w = |MV| / Σ|MV| per symbol.")
+    effective_positions: float | None
+    top3_weight: float | None
+    top10_weight: float | None
+    sectors: list[SectorOut]
+    unclassified_symbols: list[str]
+    portfolio_greeks: PortfolioGreeksOut
+    return_basis: str = Field(description="equity, or gross when equity ≤ 0.")
+    history_sessions: int
+
+
+class CorrelationsOut(BaseModel):
+    date: dt.date
+    symbols: list[str]
+    matrix: list[list[float]]
+    observations: list[list[int]]
+    window_sessions: int
+    min_observations: int
+    average_correlation: float | None
+    diversification_ratio: float | None
+    effective_bets: float | None
+    effective_bets_method: str
+    clusters: list[list[str]]
+    cluster_method: str
+    excluded_symbols: list[str]
+
+
+class StressTestOut(BaseModel):
+    date: dt.date
+    scenario: str
+    name: str | None
+    category: str | None
+    version: int
+    shocks: dict[str, float] = Field(
+        description="Factor → shock: a return as a fraction, basis points for interest_rate.")
+    direct_impact: float | None
+    correlated_impact: float | None
+    impact_pct_of_equity: float | None = Field(
+        description="correlated_impact / equity; null when equity ≤ 0.")
+    impact_pct_of_gross: float | None
+    contributions: dict[str, float | None]
+    factor_moves: dict[str, float | None]
+    equity: float | None
+    rates_duration_years: float

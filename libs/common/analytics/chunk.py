@@ -161,7 +161,14 @@ def compute_analytics(
     params: pnl.PricingParams,
 ) -> AnalyticsResult:
     """Greeks, risk, correlations and stress for every portfolio in ``equity``'s index."""
-    returns = daily_returns(inputs.closes)
+    closes = inputs.closes
+    if risk.MARKET_SYMBOL in closes.columns and closes[risk.MARKET_SYMBOL].notna().any():
+        # The session axis is the market's, not whatever other symbols of the chunk traded,
+        # so a portfolio's numbers do not depend on which portfolios share its chunk.
+        closes = closes[closes[risk.MARKET_SYMBOL].notna()]
+    else:
+        closes = closes[closes.notna().any(axis=1)]
+    returns = daily_returns(closes)
     greeks = option_greeks(values, inputs.closes, params)
     holdings = holdings_frame(values, greeks)
     book = risk.make_book(holdings, equity)

@@ -49,20 +49,26 @@ class _HistoryCache:
             self.key, self.frame, self.absent = key, pd.DataFrame(), set()
         missing = sorted(set(symbols) - set(self.frame.columns) - self.absent)
         if missing:
+            start = day - dt.timedelta(days=HISTORY_CALENDAR_DAYS)
+            # One row per symbol with its closes as arrays (decoded in C, no row objects).
             rows = await conn.fetch(
                 """
-                SELECT symbol, date, adj_close FROM market_data_cache
+                SELECT symbol, array_agg((date - $3::date) ORDER BY date) AS offsets,
+                       array_agg(adj_close ORDER BY date) AS closes
+                FROM market_data_cache
                 WHERE symbol = ANY($1::text[]) AND date <= $2 AND date > $3
+                GROUP BY symbol
                 """,
-                missing, day, day - dt.timedelta(days=HISTORY_CALENDAR_DAYS),
+                missing, day, start,
             )
-            long = pd.DataFrame.from_records(
-                [tuple(r) for r in rows], columns=["symbol", "date", "close"])
-            wide = (
-                long.pivot(index="date", columns="symbol", values="close")
-                if len(long) else pd.DataFrame()
-            )
-            wide.index = pd.DatetimeIndex(wide.index)
+            span = (day - start).days + 1
+            matrix = np.full((span, len(rows)), np.nan)
+            for column, row in enumerate(rows):
+                matrix[np.asarray(row["offsets"], dtype="int64"), column] = np.asarray(
+                    row["closes"], dtype="float64")
+            dates = pd.DatetimeIndex(pd.Timestamp(start) + pd.to_timedelta(np.arange(span), "D"))
+            wide = pd.DataFrame(matrix, index=dates, columns=[r["symbol"] for r in rows])
+            wide = wide[wide.notna().any(axis=1)]
             self.frame = self.frame.join(wide, how="outer") if len(self.frame.columns) else wide
             self.frame = self.frame.sort_index()
             self.absent |= set(missing) - set(wide.columns)
@@ -108,14 +114,29 @@ async def active_scenarios(conn: asyncpg.Connection) -> pd.DataFrame:
     return frame
 
 
-def _f(values: Any) -> list[float | None]:
-    """Floats for the database, NaN/inf as NULL."""
+#: Stored floats are rounded to 12 significant digits: a redo of a slot computes the same
+#: numbers, but batched linear algebra over a different chunk (other padding, other BLAS
+#: blocking) may differ in the last bits; rounding makes the stored rows identical.
+SIGNIFICANT = 12
+
+
+def _round(values: Any) -> np.ndarray:
     arr = np.asarray(values, dtype="float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(np.abs(np.where(arr == 0, 1.0, arr))))
+        scale = 10.0 ** (SIGNIFICANT - 1 - np.nan_to_num(magnitude, nan=0.0, posinf=0.0,
+                                                           neginf=0.0))
+        return np.where(np.isfinite(arr), np.round(arr * scale) / scale, arr)
+
+
+def _f(values: Any) -> list[float | None]:
+    """Floats for the database (rounded), NaN/inf as NULL."""
+    arr = _round(values)
     return [None if not np.isfinite(v) else v for v in arr.tolist()]
 
 
 def _array(values: np.ndarray) -> list[float | None]:
-    return [None if v != v else v for v in values.tolist()]  # NaN -> NULL element
+    return [None if v != v else v for v in _round(values).tolist()]  # NaN -> NULL element
 
 
 async def _replace(
@@ -146,13 +167,16 @@ async def write_analytics(
                  "top10_weight"]
     floats = {c: _f(r[c]) for c in risk_cols}
     greek_cols = ["delta", "gamma", "theta", "vega", "rho", "delta_dollars", "gamma_dollars"]
-    greeks = {c: np.nan_to_num(r[f"greek_{c}"].to_numpy(dtype="float64")).tolist()
+    greeks = {c: _round(np.nan_to_num(r[f"greek_{c}"].to_numpy(dtype="float64"))).tolist()
               for c in greek_cols}
     pids = r["portfolio_id"].tolist()
+    basis = r["return_basis"].tolist()
+    sessions = r["history_sessions"].astype(int).tolist()
+    n_obs = r["beta_n_obs"].astype(int).tolist()
     records = [
         (
-            as_uuid[pid], day, r["return_basis"].iat[i], int(r["history_sessions"].iat[i]),
-            *(floats[c][i] for c in risk_cols[:6]), int(r["beta_n_obs"].iat[i]),
+            as_uuid[pid], day, basis[i], sessions[i],
+            *(floats[c][i] for c in risk_cols[:6]), n_obs[i],
             *(floats[c][i] for c in risk_cols[6:]),
             json.dumps(result.sectors.get(pid, [])), unclassified.get(pid, []),
             *(greeks[c][i] for c in greek_cols),
@@ -181,6 +205,8 @@ async def write_analytics(
     )
 
     c = result.correlations
+    corr = _round(c.corr)
+    summary = [_f(c.average_correlation), _f(c.diversification_ratio), _f(c.effective_bets)]
     corr_records = []
     for row, pid in enumerate(c.portfolio_ids):
         if pid not in as_uuid:
@@ -189,12 +215,11 @@ async def write_analytics(
         upper = np.triu_indices(k, 1)
         upper_diag = np.triu_indices(k, 0)
         corr_records.append((
-            as_uuid[pid], day, c.window_sessions, list(c.symbols[row, :k]),
-            c.corr[row, :k, :k][upper].tolist(),
+            as_uuid[pid], day, c.window_sessions, c.symbols[row, :k].tolist(),
+            corr[row, :k, :k][upper].tolist(),
             c.observations[row, :k, :k][upper_diag].tolist(),
             c.labels[row, :k].tolist(), c.excluded[row],
-            *_f([c.average_correlation[row], c.diversification_ratio[row],
-                 c.effective_bets[row]]),
+            summary[0][row], summary[1][row], summary[2][row],
         ))
     await _replace(
         conn, "portfolio_correlations", day, ids,
@@ -209,17 +234,24 @@ async def write_analytics(
     scenario_ids = scen["scenario_id"].tolist()
     versions = [int(v) for v in scen["version"]]
     factors = [*s.moves.factors, GAMMA_KEY]
-    moves = s.moves.correlated.ravel().tolist()
-    stress_records = []
-    for row, pid in enumerate(s.portfolio_ids):
-        if pid not in as_uuid:
-            continue
-        eq = float(result.risk["equity"].iat[row])
-        stress_records.append((
-            as_uuid[pid], day, eq if np.isfinite(eq) else None, scenario_ids, versions, factors,
-            _array(s.direct[row]), _array(s.correlated[row]), _array(s.pct_of_equity[row]),
-            _array(s.pct_of_gross[row]), moves, _array(s.contributions[row].ravel()),
-        ))
+    moves = _round(s.moves.correlated.ravel()).tolist()
+    equity = _f(result.risk["equity"])
+    n = len(s.portfolio_ids)
+    direct = _round(s.direct).tolist()
+    correlated = _round(s.correlated).tolist()
+    pct_equity = _round(s.pct_of_equity).tolist()
+    pct_gross = _round(s.pct_of_gross).tolist()
+    contributions = _round(s.contributions.reshape(n, -1)).tolist()
+
+    def nulls(values: list[float]) -> list[float | None]:
+        return [None if v != v else v for v in values]
+
+    stress_records = [
+        (as_uuid[pid], day, equity[row], scenario_ids, versions, factors, nulls(direct[row]),
+         nulls(correlated[row]), nulls(pct_equity[row]), nulls(pct_gross[row]), moves,
+         nulls(contributions[row]))
+        for row, pid in enumerate(s.portfolio_ids) if pid in as_uuid
+    ]
     await _replace(
         conn, "portfolio_stress_results", day, ids,
         ["portfolio_id", "calculation_date", "equity", "scenario_ids", "scenario_versions",

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from services.status_api.api.routes import (
     admin,
+    analytics,
     batch,
     frontend_analytics,
     frontend_onboarding,
@@ -16,8 +17,9 @@ from services.status_api.api.routes import (
     symbols,
 )
 
-ROUTERS = (portfolios.router, onboarding.router, batch.router, admin.router, symbols.router,
-           me.router, ops.router, frontend_onboarding.router, frontend_analytics.router)
+ROUTERS = (portfolios.router, analytics.router, onboarding.router, batch.router, admin.router,
+           symbols.router, me.router, ops.router, frontend_onboarding.router,
+           frontend_analytics.router)
 
 
 def include_routers(app: FastAPI) -> None:

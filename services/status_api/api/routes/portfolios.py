@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from libs.common.onboarding.upload import UploadRejected, upload_portfolio
 from libs.common.portfolio_csv import MAX_UPLOAD_BYTES
-from services.status_api import queries
+from services.status_api import analytics_queries, queries
 from services.status_api.api.deps import (
     CallerDep,
     OwnedPortfolioDep,
@@ -18,12 +18,13 @@ from services.status_api.api.deps import (
     StateDep,
 )
 from services.status_api.api.responses import NOT_FOUND, Responses, rejected, resource_router
+from services.status_api.api.routes.analytics import NO_DATA, not_found
 from services.status_api.schemas import (
     ErrorResponse,
     PortfolioDetail,
     PortfolioFactorExposures,
     PortfolioOut,
-    PositionOut,
+    PositionValuationOut,
     SnapshotOut,
     UploadResponse,
 )
@@ -129,10 +130,21 @@ async def get_snapshots(session: SessionDep, portfolio: OwnedPortfolioDep,
     return await queries.snapshots(session, portfolio["portfolio_id"], start, end)
 
 
-@router.get("/{portfolio_id}/positions", response_model=list[PositionOut],
-            responses=NOT_FOUND, summary="Positions with their latest valuation")
-async def get_positions(session: SessionDep,
-                        portfolio: OwnedPortfolioDep) -> list[dict[str, Any]]:
+@router.get("/{portfolio_id}/positions", response_model=list[PositionValuationOut],
+            responses=NO_DATA,
+            summary="Positions valued on a date (default: the latest) with daily P&L, Greeks "
+                    "and model inputs")
+async def get_positions(session: SessionDep, portfolio: OwnedPortfolioDep,
+                        date: dt.date | None = None) -> list[dict[str, Any]]:
+    """Each position's price, price_source (market/stale/model/carried/entry, or exited on
+    its exit day), market value and daily P&L on the date, and for options the Greeks with
+    the Black-Scholes inputs. Without `date`, a portfolio not yet valued lists its positions
+    unvalued; a `date` without a snapshot answers 404 with the reason."""
+    try:
+        return await analytics_queries.positions_on(session, portfolio["portfolio_id"], date)
+    except analytics_queries.NoAnalytics as exc:
+        if date is not None:
+            raise not_found(exc) from exc
     return await queries.positions(session, portfolio["portfolio_id"])
 
 
