@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -422,8 +423,10 @@ class PortfolioCorrelations(Base):
     calculation_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     window_sessions: Mapped[int] = mapped_column(Integer, nullable=False)
     symbols: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
-    correlations: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)  # i < j
-    observations: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)  # i <= j
+    # Packed little-endian (migration 0005): float64 upper triangle i < j, row-major, and
+    # int32 counts of the upper triangle with the diagonal.
+    correlations: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    observations: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     cluster_labels: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
     excluded_symbols: Mapped[list[str]] = mapped_column(
         ARRAY(Text), nullable=False, server_default="{}"
@@ -470,8 +473,9 @@ class PortfolioStressResults(Base):
     correlated_impact: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
     impact_pct_of_equity: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
     impact_pct_of_gross: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
-    factor_moves: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
-    contributions: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
+    # Packed little-endian float64, (scenarios × factors) row-major (migration 0005).
+    factor_moves: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    contributions: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     __table_args__ = (Index("ix_portfolio_stress_results_date", "calculation_date"),)
 
 

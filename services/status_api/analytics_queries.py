@@ -158,11 +158,11 @@ async def correlations(session: AsyncSession, portfolio_id: uuid.UUID,
     k = len(symbols)
     matrix = np.eye(k)
     upper = np.triu_indices(k, 1)
-    matrix[upper] = np.asarray(r["correlations"], dtype="float64")
+    matrix[upper] = np.frombuffer(r["correlations"], dtype="<f8")
     matrix.T[upper] = matrix[upper]
     counts = np.zeros((k, k), dtype="int64")
     upper_diag = np.triu_indices(k, 0)
-    counts[upper_diag] = np.asarray(r["observations"], dtype="int64")
+    counts[upper_diag] = np.frombuffer(r["observations"], dtype="<i4")
     counts.T[upper_diag] = counts[upper_diag]
     labels = list(r["cluster_labels"])
     clusters: dict[int, list[str]] = {}
@@ -201,12 +201,15 @@ async def stress_tests(session: AsyncSession, portfolio_id: uuid.UUID,
     by_key = {(d["scenario_id"], d["version"]): d for d in defs}
     factors = list(r["factors"])
     n_f = len(factors)
+    n_s = len(r["scenario_ids"])
+    all_contributions = np.frombuffer(r["contributions"], dtype="<f8").reshape(n_s, n_f)
+    all_moves = np.frombuffer(r["factor_moves"], dtype="<f8").reshape(n_s, n_f - 1)
     out = []
     for i, (sid, version) in enumerate(zip(r["scenario_ids"], r["scenario_versions"],
                                            strict=True)):
         d = by_key.get((sid, version), {})
-        contributions = r["contributions"][i * n_f:(i + 1) * n_f]
-        moves = r["factor_moves"][i * (n_f - 1):(i + 1) * (n_f - 1)]
+        contributions = all_contributions[i].tolist()
+        moves = all_moves[i].tolist()
         out.append({
             "date": day,
             "scenario": sid,

@@ -216,8 +216,8 @@ async def write_analytics(
         upper_diag = np.triu_indices(k, 0)
         corr_records.append((
             as_uuid[pid], day, c.window_sessions, c.symbols[row, :k].tolist(),
-            corr[row, :k, :k][upper].tolist(),
-            c.observations[row, :k, :k][upper_diag].tolist(),
+            corr[row, :k, :k][upper].astype("<f8").tobytes(),
+            c.observations[row, :k, :k][upper_diag].astype("<i4").tobytes(),
             c.labels[row, :k].tolist(), c.excluded[row],
             summary[0][row], summary[1][row], summary[2][row],
         ))
@@ -234,14 +234,14 @@ async def write_analytics(
     scenario_ids = scen["scenario_id"].tolist()
     versions = [int(v) for v in scen["version"]]
     factors = [*s.moves.factors, GAMMA_KEY]
-    moves = _round(s.moves.correlated.ravel()).tolist()
+    moves = _round(s.moves.correlated).astype("<f8").tobytes()
     equity = _f(result.risk["equity"])
     n = len(s.portfolio_ids)
     direct = _round(s.direct).tolist()
     correlated = _round(s.correlated).tolist()
     pct_equity = _round(s.pct_of_equity).tolist()
     pct_gross = _round(s.pct_of_gross).tolist()
-    contributions = _round(s.contributions.reshape(n, -1)).tolist()
+    contributions = _round(s.contributions.reshape(n, -1)).astype("<f8")
 
     def nulls(values: list[float]) -> list[float | None]:
         return [None if v != v else v for v in values]
@@ -249,7 +249,7 @@ async def write_analytics(
     stress_records = [
         (as_uuid[pid], day, equity[row], scenario_ids, versions, factors, nulls(direct[row]),
          nulls(correlated[row]), nulls(pct_equity[row]), nulls(pct_gross[row]), moves,
-         nulls(contributions[row]))
+         contributions[row].tobytes())
         for row, pid in enumerate(s.portfolio_ids) if pid in as_uuid
     ]
     await _replace(

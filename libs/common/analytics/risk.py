@@ -74,26 +74,32 @@ class Book:
     equity: np.ndarray
     base: np.ndarray
     basis: np.ndarray
+    row: np.ndarray  # per holding: its portfolio's position in portfolio_ids (-1: not in it)
 
 
 def make_book(holdings: pd.DataFrame, equity: pd.Series) -> Book:
     """Attach each portfolio's base: equity when positive, else gross exposure."""
     ids = pd.Index(equity.index.astype(str))
     eq = equity.to_numpy(dtype="float64")
-    gross = (
-        holdings["market_value"].abs().groupby(holdings["portfolio_id"].astype(str)).sum()
-        .reindex(ids, fill_value=0.0).to_numpy()
-    )
+    held = holdings.reset_index(drop=True)
+    row = ids.get_indexer(held["portfolio_id"].astype(str))
+    gross = _sum_by(row, np.abs(held["market_value"].to_numpy(dtype="float64")), len(ids))
     positive = eq > 0
     base = np.where(positive, eq, np.where(gross > 0, gross, np.nan))
     basis = np.where(positive, "equity", np.where(gross > 0, "gross", "none")).astype(object)
-    return Book(holdings.reset_index(drop=True), ids, eq, base, basis)
+    return Book(held, ids, eq, base, basis, row)
+
+
+def _sum_by(row: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Σ values per portfolio position (rows outside the chunk, -1, are ignored)."""
+    ok = row >= 0
+    return np.bincount(row[ok], weights=values[ok], minlength=n).astype("float64")
 
 
 def exposure_matrix(book: Book, symbols: pd.Index) -> sparse.csr_matrix:
     """(portfolios × symbols) dollar exposures; rows follow book.portfolio_ids."""
     h = book.holdings
-    rows = book.portfolio_ids.get_indexer(h["portfolio_id"].astype(str))
+    rows = book.row
     cols = symbols.get_indexer(h["risk_symbol"].where(h["risk_symbol"].notna(), ""))
     ok = (rows >= 0) & (cols >= 0)
     return sparse.csr_matrix(
@@ -177,40 +183,51 @@ def weighted_beta(book: Book, betas: pd.Series) -> tuple[np.ndarray, np.ndarray]
     b = h["risk_symbol"].map(betas).to_numpy(dtype="float64")
     exposure = h["exposure"].to_numpy(dtype="float64")
     has = np.isfinite(b)
-    by = h["portfolio_id"].astype(str)
-    frame = pd.DataFrame(
-        {"beta_dollars": np.where(has, b * exposure, 0.0),
-         "covered": np.where(has, np.abs(exposure), 0.0),
-         "gross": np.abs(exposure), "any": has}
-    ).groupby(by.to_numpy()).sum().reindex(book.portfolio_ids, fill_value=0)
+    n = len(book.portfolio_ids)
+    beta_dollars = _sum_by(book.row, np.where(has, b * exposure, 0.0), n)
+    covered = _sum_by(book.row, np.where(has, np.abs(exposure), 0.0), n)
+    gross = _sum_by(book.row, np.abs(exposure), n)
+    any_beta = _sum_by(book.row, has.astype("float64"), n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        beta = np.where(frame["any"].to_numpy() > 0, frame["beta_dollars"].to_numpy() / book.base,
-                        np.nan)
-        coverage = np.where(frame["gross"].to_numpy() > 0,
-                            frame["covered"].to_numpy() / frame["gross"].to_numpy(), np.nan)
+        beta = np.where(any_beta > 0, beta_dollars / book.base, np.nan)
+        coverage = np.where(gross > 0, covered / gross, np.nan)
     return beta, coverage
 
 
 def concentration(book: Book) -> pd.DataFrame:
     """HHI, effective positions, top-3 and top-10 gross weights per portfolio."""
     h = book.holdings
-    net = h.groupby([h["portfolio_id"].astype(str), h["symbol"]], sort=False)["market_value"].sum()
-    frame = net.abs().rename("gross").reset_index()
-    frame = frame[frame["gross"] > 0]
-    total = frame.groupby("portfolio_id")["gross"].transform("sum")
-    frame["w"] = frame["gross"] / total
-    frame = frame.sort_values(["portfolio_id", "w"], ascending=[True, False], kind="stable")
-    rank = frame.groupby("portfolio_id", sort=False).cumcount()
+    n = len(book.portfolio_ids)
+    codes, uniques = pd.factorize(h["symbol"])
+    ok = book.row >= 0
+    key = book.row[ok].astype("int64") * max(len(uniques), 1) + codes[ok]
+    keys, inverse = np.unique(key, return_inverse=True)
+    net = np.bincount(inverse, weights=h["market_value"].to_numpy(dtype="float64")[ok])
+    owner = keys // max(len(uniques), 1)
+    gross = np.abs(net)
+    owner, gross = owner[gross > 0], gross[gross > 0]
+    total = np.bincount(owner, weights=gross, minlength=n)
+    w = gross / total[owner]
+    order = np.lexsort((-w, owner))
+    owner, w = owner[order], w[order]
+    first = np.concatenate([[0], np.flatnonzero(np.diff(owner)) + 1]) if len(owner) else owner
+    counts = np.diff(np.concatenate([first, [len(owner)]]))
+    rank = np.arange(len(owner)) - np.repeat(first, counts)
+    hhi = np.bincount(owner, weights=w * w, minlength=n)
+    present = np.bincount(owner, minlength=n) > 0
     out = pd.DataFrame(
-        {"hhi": (frame["w"] ** 2), "top3": frame["w"].where(rank < 3, 0.0),
-         "top10": frame["w"].where(rank < 10, 0.0), "positions": 1}
-    ).groupby(frame["portfolio_id"].to_numpy()).sum()
-    out = out.reindex(book.portfolio_ids)
+        {"hhi": np.where(present, hhi, np.nan),
+         "top3": np.where(present, np.bincount(owner, weights=w * (rank < 3), minlength=n),
+                          np.nan),
+         "top10": np.where(present, np.bincount(owner, weights=w * (rank < 10), minlength=n),
+                           np.nan)},
+        index=book.portfolio_ids,
+    )
     out["effective_positions"] = 1.0 / out["hhi"]
     return out
 
 
-def sector_exposures(book: Book, sectors: pd.Series) -> pd.DataFrame:
+def sector_exposures(book: Book, sectors: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
     """Long frame: portfolio_id, sector, net_weight, gross_weight, symbols (unclassified)."""
     h = book.holdings
     key = h["risk_symbol"].where(h["risk_symbol"].notna(), h["symbol"])
@@ -218,13 +235,16 @@ def sector_exposures(book: Book, sectors: pd.Series) -> pd.DataFrame:
     sector = sector.where(sector.notna() & (sector.astype(str).str.len() > 0), UNCLASSIFIED)
     base = pd.Series(book.base, index=book.portfolio_ids)
     frame = pd.DataFrame(
-        {"portfolio_id": h["portfolio_id"].astype(str).to_numpy(), "sector": sector.to_numpy(),
+        {"row": book.row, "sector": sector.to_numpy(),
          "net": h["exposure"].to_numpy(dtype="float64"), "symbol": key.to_numpy()}
     )
+    frame = frame[frame["row"] >= 0]
     frame["gross"] = frame["net"].abs()
-    grouped = frame.groupby(["portfolio_id", "sector"], sort=True).agg(
+    grouped = frame.groupby(["row", "sector"], sort=True).agg(
         net=("net", "sum"), gross=("gross", "sum")
     ).reset_index()
+    grouped["portfolio_id"] = book.portfolio_ids[grouped["row"].to_numpy()]
+    frame["portfolio_id"] = book.portfolio_ids[frame["row"].to_numpy()]
     denominator = base.reindex(grouped["portfolio_id"]).to_numpy()
     grouped["net_weight"] = grouped["net"] / denominator
     grouped["gross_weight"] = grouped["gross"] / denominator
