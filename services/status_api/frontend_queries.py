@@ -286,3 +286,42 @@ async def beta_comparison(session: AsyncSession, portfolio_id: uuid.UUID) -> lis
         {"p": portfolio_id},
     )
     return [dict(r) for r in rows.mappings()]
+
+
+async def scenario_descriptions(session: AsyncSession, keys: list[tuple[str, int]]
+                                ) -> dict[tuple[str, int], str | None]:
+    rows = await session.execute(
+        text("SELECT scenario_id, version, description FROM stress_scenarios "
+             "WHERE (scenario_id, version) IN (SELECT * FROM unnest(CAST(:ids AS text[]), "
+             "CAST(:versions AS int[])))"),
+        {"ids": [k[0] for k in keys], "versions": [k[1] for k in keys]})
+    return {(r.scenario_id, r.version): r.description for r in rows}
+
+
+async def snapshot_equity(session: AsyncSession, portfolio_id: uuid.UUID,
+                          day: dt.date) -> float | None:
+    value = (await session.execute(
+        text("SELECT equity FROM portfolio_snapshots WHERE portfolio_id = :p "
+             "AND snapshot_date = :d AND is_complete"), {"p": portfolio_id, "d": day})
+    ).scalar_one_or_none()
+    return None if value is None else float(value)
+
+
+async def latest_holdings(session: AsyncSession, portfolio_ids: list[uuid.UUID]
+                          ) -> list[dict[str, Any]]:
+    """Every position valued on its portfolio's latest complete snapshot: symbol, value."""
+    rows = await session.execute(
+        text(
+            """
+            SELECT ps.portfolio_id, x.symbol, ps.market_value
+            FROM position_snapshots ps
+            JOIN positions x ON x.id = ps.position_id
+            JOIN (SELECT portfolio_id, max(snapshot_date) AS d FROM portfolio_snapshots
+                  WHERE portfolio_id = ANY(CAST(:ids AS uuid[])) AND is_complete
+                  GROUP BY portfolio_id) l
+              ON l.portfolio_id = ps.portfolio_id AND l.d = ps.snapshot_date
+            """
+        ),
+        {"ids": portfolio_ids},
+    )
+    return [dict(r) for r in rows.mappings()]
