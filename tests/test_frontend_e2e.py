@@ -30,12 +30,23 @@ PORTFOLIO_CALLS: dict[str, type[BaseModel]] = {
     "positions/factor-exposures": m.PositionFactorExposuresResponse,
     "spread-factors": m.SpreadFactorsResponse,
     "beta-comparison": m.BetaComparisonResponse,
+    "correlation-matrix": m.CorrelationMatrixResponse,
+    "diversification-score": m.DiversificationScoreResponse,
+    "stress-test": m.StressTestResponse,
+    "volatility": m.VolatilityResponse,
+    "sector-exposure": m.SectorExposureResponse,
+    "concentration": m.ConcentrationResponse,
 }
 AGGREGATE_CALLS: dict[str, type[BaseModel]] = {
     "overview": m.AggregateOverviewResponse,
     "breakdown": m.AggregateBreakdownResponse,
     "beta": m.AggregateBetaResponse,
     "factor-exposures": m.AggregateFactorExposuresResponse,
+    "volatility": m.AggregateVolatilityResponse,
+    "sector-exposure": m.AggregateSectorExposureResponse,
+    "concentration": m.AggregateConcentrationResponse,
+    "correlation-matrix?max_positions=25": m.AggregateCorrelationMatrixResponse,
+    "stress-test": m.AggregateStressTestResponse,
 }
 
 
