@@ -243,3 +243,14 @@ async def test_cors_lets_the_frontends_origin_call_with_its_token(settings):
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
     assert template.headers["access-control-allow-origin"] == origin
     assert "content-disposition" in template.headers["access-control-expose-headers"].lower()
+
+
+async def test_invite_step_passes_any_authenticated_caller(settings):
+    headers = await token_for(settings.database_url, "alice")
+    async with api_client(settings) as client:
+        ok = await client.post("/api/v1/onboarding/validate-invite", headers=headers,
+                               json={"invite_code": "anything"})
+        anonymous = await client.post("/api/v1/onboarding/validate-invite",
+                                      json={"invite_code": "anything"})
+    assert ok.status_code == 200 and ok.json()["status"] == "validated"
+    assert anonymous.status_code == 401

@@ -19,10 +19,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# The account types the upload form offers (FORM's select); the backend lower-cases.
-ACCOUNT_TYPES: tuple[str, ...] = (
-    "taxable", "ira", "roth_ira", "401k", "403b", "529", "hsa", "trust", "other")
-
 
 class _Open(BaseModel):
     """A response that may carry extra fields the frontend ignores (superset shapes)."""
@@ -63,6 +59,11 @@ class FrontendError(BaseModel):
 
 
 # --- onboarding ---------------------------------------------------------------------------
+
+
+class ValidateInviteResponse(BaseModel):
+    status: str = "validated"
+    message: str = "Invite code validated successfully"
 
 
 class NextStep(BaseModel):
