@@ -191,9 +191,9 @@ async def batch_status(session: SessionDep, caller: CallerDep, portfolio: OwnedP
 
 
 @router.get("/onboarding/status/{portfolio_id}/logs",
-            responses={200: {"content": {"text/plain": {}, "application/json": {
-                "schema": OnboardingLogJson.model_json_schema()}},
-                "description": "The whole onboarding log as an attachment."},
+            responses={200: {"model": OnboardingLogJson, "content": {"text/plain": {}},
+                             "description": "The whole onboarding log as an attachment "
+                                            "(text, or JSON with format=json)."},
                        400: {"model": FrontendError}, 404: {"model": FrontendError}},
             summary="Download the onboarding log (txt or json)")
 async def onboarding_log(state: StateDep, pool: PgPoolDep, session: SessionDep,
