@@ -9,6 +9,9 @@ import io
 import json
 import uuid
 
+from sqlalchemy import text
+
+from libs.common.db import session_scope
 from libs.common.portfolio_csv import latest_allowed_date, parse_portfolio_csv
 from services.status_api.frontend_models import (
     BatchStatusResponse,
@@ -254,3 +257,23 @@ async def test_invite_step_passes_any_authenticated_caller(settings):
                                       json={"invite_code": "anything"})
     assert ok.status_code == 200 and ok.json()["status"] == "validated"
     assert anonymous.status_code == 401
+
+
+async def test_batch_status_reports_a_dead_lettered_refresh_as_failed(settings):
+    """The Settings page stops polling on `failed` (the original never sent it)."""
+    headers = await token_for(settings.database_url, "alice")
+    async with api_client(settings) as client:
+        pid = (await client.post(CREATE, headers=headers,
+                                 **form(csv_bytes(*stock_rows(["ZZNEW"]))))).json()["portfolio_id"]
+        day = "2026-01-05"
+        before = (await client.get(f"/api/v1/portfolios/{pid}/batch-status/refresh-{day}",
+                                   headers=headers)).json()
+        async with session_scope(settings.database_url) as session:
+            await session.execute(text(
+                "INSERT INTO batch_run_history (id, job_type, job_key, status, finished_at, "
+                "error) VALUES (:id, 'portfolio_refresh_request', :key, 'failed', now(), "
+                "'boom')"), {"id": uuid.uuid4(), "key": f"refresh:{pid}:{day}"})
+        after = (await client.get(f"/api/v1/portfolios/{pid}/batch-status/refresh-{day}",
+                                  headers=headers)).json()
+    assert before["status"] == "running"
+    assert BatchStatusResponse.model_validate(after).status == "failed"
