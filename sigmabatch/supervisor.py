@@ -267,7 +267,7 @@ class Supervisor:
         await self._in_thread(importlib.import_module, "libs.common.migrate")
         if postgres_start is not None:
             self.database_url = await postgres_start
-        log.info("NATS %s, PostgreSQL %s", self.nats_url, self.database_url)
+        log.info("NATS %s, PostgreSQL %s", self.nats_url, _without_password(self.database_url))
 
         from libs.common.migrate import upgrade
 
@@ -386,7 +386,11 @@ class Supervisor:
         }
         path = self.data_dir / RUNTIME_FILE
         temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(runtime, indent=2) + "\n")
+        temporary.unlink(missing_ok=True)
+        # 0600: the database URL carries the embedded PostgreSQL's password.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(json.dumps(runtime, indent=2) + "\n")
         temporary.replace(path)  # readers never see half a file
 
     # -- stop ---------------------------------------------------------------------------
@@ -449,6 +453,16 @@ def install_stop_signals(supervisor: Supervisor) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
+def _without_password(url: str) -> str:
+    """The URL to print: its password masked (runtime.json, 0600, has the real one)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unprintable URL)"
+
+
 def sigmabatch_command() -> str:
     """How to run this very `sigmabatch` as shown, without an activated venv."""
     script = Path(sys.executable).parent / "sigmabatch"
@@ -485,7 +499,7 @@ def describe(supervisor: Supervisor, token: str | None = None, user: str | None 
         f"  console     {supervisor.api_url + '/' if supervisor.api_url else '(status_api not installed)'}"
         + ("   API docs: " + supervisor.api_url + "/docs" if supervisor.api_url else ""),
         f"  NATS        {supervisor.nats_url}",
-        f"  PostgreSQL  {supervisor.database_url}",
+        f"  PostgreSQL  {_without_password(supervisor.database_url)}",
         f"  services    {', '.join(supervisor.children) or '(none)'}   logs: {supervisor.data_dir / 'logs'}",
     ]
     if token:

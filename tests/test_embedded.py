@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -141,3 +142,55 @@ def test_postgres_as_root_runs_as_a_system_user(tmp_path: Path) -> None:
     with EmbeddedPostgres(tmp_path) as server:
         assert server.pid is not None
         assert psutil.Process(server.pid).username() == "embedded_postgres"
+
+
+async def test_postgres_asks_for_its_generated_password_behind_a_private_socket_dir(
+    tmp_path: Path,
+) -> None:
+    """Finding 12.8: no `trust` for local users; the socket dir is the server's alone."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    url = server.start()
+    try:
+        password_file = tmp_path / "pg" / "password"
+        password = password_file.read_text().strip()
+        assert len(password) >= 24
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+        assert server.socket_dir is not None
+        assert stat.S_IMODE(server.socket_dir.stat().st_mode) == 0o700
+        assert f"postgres:{password}@" in url
+
+        connection = await asyncpg.connect(asyncpg_dsn(url))
+        assert await connection.fetchval("SELECT current_database()") == "sigmabatch"
+        await connection.close()
+        without_password = url.replace(f":{password}@", "@")
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(asyncpg_dsn(without_password), password="wrong")
+        with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.ClientCannotConnectError)):
+            await asyncpg.connect(asyncpg_dsn(without_password))
+    finally:
+        server.stop()
+
+    with EmbeddedPostgres(tmp_path / "pg") as again:  # the next `up` finds it again
+        assert again.url == url  # same password, same socket dir
+        connection = await asyncpg.connect(asyncpg_dsn(again.url))
+        assert await connection.fetchval("SELECT 1") == 1
+        await connection.close()
+
+
+async def test_postgres_made_with_trust_is_switched_to_a_password(tmp_path: Path) -> None:
+    """A data dir from before passwords (pg_hba `trust`, no password file) gets one."""
+    data_dir = tmp_path / "pg"
+    with EmbeddedPostgres(data_dir):
+        pass
+    hba = data_dir / "pgdata" / "pg_hba.conf"
+    hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    (data_dir / "password").unlink()
+
+    with EmbeddedPostgres(data_dir) as server:
+        password = (data_dir / "password").read_text().strip()
+        assert "trust" not in hba.read_text()
+        connection = await asyncpg.connect(asyncpg_dsn(server.url))
+        assert await connection.fetchval("SELECT 1") == 1
+        await connection.close()
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(asyncpg_dsn(server.url.replace(password, "wrong")))

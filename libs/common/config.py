@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     bus_prefix: str = Field(default="", alias="SIGMABATCH_BUS_PREFIX")
     # Auth: tokens are random; only their SHA-256 is stored.
     auth_disabled: bool = Field(default=False, alias="SIGMABATCH_AUTH_DISABLED")
+    # Lifetime of a new token (`token create --expires-days` overrides; 0 = never expires).
+    token_expires_days: int = Field(default=90, ge=0, alias="SIGMABATCH_TOKEN_EXPIRES_DAYS")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="CORS_ORIGINS")
     # Jobs
     job_stale_after_seconds: float = Field(default=120.0, alias="SIGMABATCH_JOB_STALE_SECONDS")

@@ -71,6 +71,8 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = created_at_column()
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # NULL = never expires (a token made with `--expires-days 0`).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 # --- portfolios -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.common.auth import LOCAL_USER, Caller, ensure_user, lookup_token
+from libs.common.auth import LOCAL_USER, Caller, TokenRejected, ensure_user, lookup_token
 from libs.common.config import Settings
 from libs.common.db import session_scope
 from services.status_api import queries
@@ -68,8 +68,9 @@ def _unauthorized(detail: str) -> HTTPException:
 
 async def resolve_caller(state: StateDep, session: SessionDep,
                          credentials: CredentialsDep) -> Caller:
-    """The authenticated caller, or 401. Resolved tokens are cached for a few seconds (the
-    status endpoint is polled hard), so most requests never touch the session."""
+    """The authenticated caller, or 401 saying why (missing, unknown, expired, revoked).
+    Resolved tokens are cached for a few seconds (the status endpoint is polled hard), so
+    most requests never touch the session."""
     if state.settings.auth_disabled:
         if state.local_caller is None:
             state.local_caller = await ensure_user(session, LOCAL_USER, admin=True)
@@ -79,10 +80,12 @@ async def resolve_caller(state: StateDep, session: SessionDep,
     token = credentials.credentials
     caller = state.token_cache.get(token)
     if caller is None:
-        caller = await lookup_token(session, token)
-        if caller is None:
-            raise _unauthorized("Invalid or revoked token.")
-        state.token_cache.put(token, caller)
+        try:
+            resolved = await lookup_token(session, token)
+        except TokenRejected as rejected:
+            raise _unauthorized(str(rejected)) from None
+        caller = resolved.caller
+        state.token_cache.put(token, caller, resolved.expires_at)
     return caller
 
 
