@@ -66,7 +66,7 @@ async def test_rejected_upload_lists_every_problem_and_writes_nothing(settings):
         assert empty_name.json()["errors"][0]["column"] == "name"
         big = await client.post(UPLOAD, headers=headers,
                                 **upload_form(b"#" * (10 * 1024 * 1024)))
-        assert big.status_code == 422 and "limit" in big.json()["errors"][0]["message"]
+        assert big.status_code == 413 and "limit" in big.json()["detail"]
         just_over = await client.post(UPLOAD, headers=headers,
                                       **upload_form(b"#" * (2 * 1024 * 1024 + 1)))
         assert just_over.status_code == 422

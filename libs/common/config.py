@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     provider_timeout_seconds: float = Field(default=120.0, alias="SIGMABATCH_PROVIDER_TIMEOUT")
     # Chaos testing only (see libs/common/market_data/faults.py).
     provider_faults: str = Field(default="", alias="SIGMABATCH_PROVIDER_FAULTS")
+    # Onboarding: per user, symbols new to the universe one upload / 24 hours may ask for
+    # (0 = no limit): 422 past the first, 429 with Retry-After past the second.
+    max_new_symbols_per_upload: int = Field(
+        default=200, ge=0, alias="SIGMABATCH_MAX_NEW_SYMBOLS_PER_UPLOAD")
+    max_new_symbols_per_day: int = Field(
+        default=1000, ge=0, alias="SIGMABATCH_MAX_NEW_SYMBOLS_PER_DAY")
     # Portfolio refresh: portfolios per fan-out chunk (one transaction each); the risk-free
     # rate of Black-Scholes model prices for options without a quote.
     refresh_chunk_size: int = Field(default=500, alias="SIGMABATCH_REFRESH_CHUNK_SIZE")

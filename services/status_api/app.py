@@ -25,10 +25,10 @@ from libs.common.config import Settings
 from libs.common.db import asyncpg_dsn, dispose_engines, get_engine
 from libs.common.onboarding.upload import SnapshotMaker
 from libs.common.portfolio_csv import MAX_UPLOAD_BYTES
+from services.status_api.api.body_guard import DEFAULT_LIMIT, MULTIPART_OVERHEAD, BodyGuard
 from services.status_api.api.main import include_routers
 from services.status_api.api.middleware import (
     MetricsMiddleware,
-    UploadSizeLimit,
     install_error_handlers,
 )
 from services.status_api.api.state import ApiState
@@ -62,9 +62,11 @@ def create_app(settings: Settings | None = None, *,
             allow_methods=["*"], allow_headers=["*"],
             # The web frontend names the log download from it (docs/frontend.md).
             expose_headers=["Content-Disposition"])
-    app.add_middleware(UploadSizeLimit, path="/api/v1/portfolios", limit=MAX_UPLOAD_BYTES)
-    app.add_middleware(UploadSizeLimit, path="/api/v1/onboarding/create-portfolio",
-                       limit=MAX_UPLOAD_BYTES)
+    # Auth before any body is read, and bodies capped while they are read (413).
+    upload_cap = MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD
+    app.add_middleware(BodyGuard, prefix="/api/v1/", default_limit=DEFAULT_LIMIT,
+                       limits={"/api/v1/portfolios": upload_cap,
+                               "/api/v1/onboarding/create-portfolio": upload_cap})
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     install_error_handlers(app)
     include_routers(app)

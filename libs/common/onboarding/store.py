@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from libs.common.db import raw_connection
 from libs.common.factors import FACTOR_ETFS
 from libs.common.onboarding.domain import FAILED, P_RUNNING, PENDING, READY
+from libs.common.onboarding.limits import NewSymbolLimits, check_daily_quota, check_upload_size
 from libs.common.portfolio_csv import ParsedPosition
 
 
@@ -53,8 +54,25 @@ async def store_upload(
     retry_failed_after_seconds: float,
     account_name: str | None = None,
     account_type: str | None = None,
+    new_symbol_limits: NewSymbolLimits | None = None,
 ) -> StoredUpload:
-    """Portfolio, positions and onboarding state in the caller's transaction."""
+    """Portfolio, positions and onboarding state in the caller's transaction.
+
+    NewSymbolLimitExceeded (before anything is written) when the upload's symbols unknown to
+    the universe pass the user's limits.
+    """
+    known_rows = await session.execute(
+        text(
+            "SELECT symbol FROM symbol_universe WHERE is_active AND symbol = ANY(:symbols)"
+        ),
+        {"symbols": list(data_symbols)},
+    )
+    known = {r.symbol for r in known_rows} | (set(data_symbols) & set(FACTOR_ETFS))
+    unknown = sorted(set(data_symbols) - known)
+    if new_symbol_limits is not None:
+        check_upload_size(unknown, new_symbol_limits)
+        await check_daily_quota(session, user_id, unknown, new_symbol_limits)
+
     portfolio_id = uuid.uuid4()
     await session.execute(
         text(
@@ -65,15 +83,6 @@ async def store_upload(
          "account_name": account_name, "account_type": account_type},
     )
     await _insert_positions(session, portfolio_id, positions)
-
-    known_rows = await session.execute(
-        text(
-            "SELECT symbol FROM symbol_universe WHERE is_active AND symbol = ANY(:symbols)"
-        ),
-        {"symbols": list(data_symbols)},
-    )
-    known = {r.symbol for r in known_rows} | (set(data_symbols) & set(FACTOR_ETFS))
-    unknown = sorted(set(data_symbols) - known)
     failed: list[str] = []
     if unknown:
         # First asker creates the row; a failed symbol is asked again once its failure is old

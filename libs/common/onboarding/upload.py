@@ -35,6 +35,7 @@ from libs.common.onboarding.domain import (
     MODE_INSTANT,
     default_equity,
 )
+from libs.common.onboarding.limits import NewSymbolLimitExceeded, NewSymbolLimits
 from libs.common.onboarding.snapshot_requests import (
     Publish,
     fallback_as_of,
@@ -148,11 +149,14 @@ async def upload_portfolio(
     account_name: str | None = None,
     account_type: str | None = None,
     name_field: str = "name",
+    new_symbol_limits: NewSymbolLimits | None = None,
 ) -> UploadResult:
-    """Validate, store and start onboarding; UploadRejected lists every problem.
+    """Validate, store and start onboarding; UploadRejected (422) lists every problem (of the
+    form, the file, or the upload's count of new symbols).
 
     With an account (the web frontend's upload), a second portfolio under the same account
     name raises DuplicateAccountName; the unique index decides between concurrent uploads.
+    Past the user's daily new-symbol limit: NewSymbolLimitExceeded (429); nothing is written.
     """
     problems: list[CsvProblem] = []
     try:
@@ -188,7 +192,8 @@ async def upload_portfolio(
                 data_symbols=data_symbols, equity_balance=equity, requested_by=username,
                 retry_failed_after_seconds=retry_failed_after_seconds,
                 account_name=account.name if account else None,
-                account_type=account.type if account else None)
+                account_type=account.type if account else None,
+                new_symbol_limits=new_symbol_limits)
             waits_for_nothing = not stored.symbols_queued
             if waits_for_nothing:
                 # Nothing can settle concurrently: the readiness flip joins this transaction.
@@ -198,6 +203,10 @@ async def upload_portfolio(
         # A concurrent upload under the same account name committed first.
         if account is not None and "uq_portfolios_user_account_name" in str(exc.orig):
             raise DuplicateAccountName(account.name) from exc
+        raise
+    except NewSymbolLimitExceeded as exc:
+        if exc.status == 422:  # the file itself is too big in new symbols: like any problem
+            raise UploadRejected([CsvProblem(None, "Symbol", exc.message)]) from exc
         raise
 
     for symbol in stored.symbols_queued:

@@ -66,18 +66,20 @@ def _unauthorized(detail: str) -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
-async def resolve_caller(state: StateDep, session: SessionDep,
-                         credentials: CredentialsDep) -> Caller:
-    """The authenticated caller, or 401 saying why (missing, unknown, expired, revoked).
-    Resolved tokens are cached for a few seconds (the status endpoint is polled hard), so
-    most requests never touch the session."""
+async def authenticate(state: ApiState, session: AsyncSession,
+                       authorization: str | None) -> Caller:
+    """The caller of an `Authorization` header value, or 401 saying why (missing, unknown,
+    expired, revoked). Shared by `resolve_caller` and the body guard (which authenticates
+    before a request body is read). Resolved tokens are cached for a few seconds (the status
+    endpoint is polled hard), so most requests never touch the session."""
     if state.settings.auth_disabled:
         if state.local_caller is None:
             state.local_caller = await ensure_user(session, LOCAL_USER, admin=True)
         return state.local_caller
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise _unauthorized("Missing bearer token: send 'Authorization: Bearer <token>'.")
-    token = credentials.credentials
     caller = state.token_cache.get(token)
     if caller is None:
         try:
@@ -87,6 +89,17 @@ async def resolve_caller(state: StateDep, session: SessionDep,
         caller = resolved.caller
         state.token_cache.put(token, caller, resolved.expires_at)
     return caller
+
+
+async def resolve_caller(request: Request, state: StateDep, session: SessionDep,
+                         credentials: CredentialsDep) -> Caller:
+    """The authenticated caller, or 401. A request with a body was authenticated by the body
+    guard before its body was read: its caller is in `request.state.caller`."""
+    known = getattr(request.state, "caller", None)
+    if isinstance(known, Caller):
+        return known
+    del credentials  # declared for OpenAPI's security scheme; the header is read directly
+    return await authenticate(state, session, request.headers.get("authorization"))
 
 
 CallerDep = Annotated[Caller, Depends(resolve_caller)]

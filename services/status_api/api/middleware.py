@@ -44,34 +44,6 @@ class MetricsMiddleware:
                 time.perf_counter() - started)
 
 
-class UploadSizeLimit:
-    """Refuse an oversized upload from its Content-Length, before any byte is parsed.
-
-    The multipart parser would otherwise spool the whole body first; the CSV parser's own
-    limit still applies to what gets through (bodies without Content-Length).
-    """
-
-    OVERHEAD = 64 * 1024  # multipart boundaries, headers and the other form fields
-
-    def __init__(self, app: ASGIApp, path: str, limit: int) -> None:
-        self.app, self.path, self.limit = app, path, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path:
-            declared = dict(scope["headers"]).get(b"content-length")
-            if declared and declared.isdigit() and int(declared) > self.limit + self.OVERHEAD:
-                size_mb = int(declared) / (1024 * 1024)
-                response = JSONResponse(status_code=422, content={
-                    "detail": "The upload was rejected: 1 problem(s); nothing was saved.",
-                    "errors": [{"row": None, "column": "file", "message": (
-                        f"The upload is {size_mb:.1f} MB; the limit is "
-                        f"{self.limit / (1024 * 1024):.1f} MB for the file.")}]},
-                    headers={"Connection": "close"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
