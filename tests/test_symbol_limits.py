@@ -56,3 +56,44 @@ def test_an_upload_over_a_limit_by_itself_is_422_naming_the_limit() -> None:
         check_upload_size(list("ABCDEF"), NewSymbolLimits(per_upload=0, per_day=5))
     assert raised.value.limit_name == "SIGMABATCH_MAX_NEW_SYMBOLS_PER_DAY"
     check_upload_size(list("ABCDEFGH"), NewSymbolLimits(per_upload=0, per_day=0))  # 0 = off
+
+
+async def test_limits_through_the_api_refuse_with_422_and_429_and_write_nothing(settings) -> None:
+    from tests.test_api_helpers import api_client, count, csv_bytes, stock_rows, token_for
+
+    limited = settings.model_copy(update={"max_new_symbols_per_upload": 3,
+                                          "max_new_symbols_per_day": 5})
+    alice = await token_for(settings.database_url, "alice")
+    bob = await token_for(settings.database_url, "bob")
+
+    def form(*symbols: str) -> dict:
+        data = csv_bytes(*stock_rows(list(symbols)))
+        return {"files": {"file": ("p.csv", data, "text/csv")}, "data": {"name": "P"}}
+
+    async with api_client(limited) as client:
+        post = client.post
+        too_many = await post("/api/v1/portfolios", headers=alice, **form("NWA", "NWB", "NWC", "NWD"))
+        assert too_many.status_code == 422
+        problem = too_many.json()["errors"][0]
+        assert problem["column"] == "Symbol"
+        assert "4 symbols new" in problem["message"]
+        assert "SIGMABATCH_MAX_NEW_SYMBOLS_PER_UPLOAD" in problem["message"]
+
+        first = await post("/api/v1/portfolios", headers=alice, **form("NWA", "NWB", "NWC"))
+        assert first.status_code == 201, first.text
+        over_day = await post("/api/v1/portfolios", headers=alice, **form("NWD", "NWE", "NWF"))
+        assert over_day.status_code == 429, over_day.text
+        assert "SIGMABATCH_MAX_NEW_SYMBOLS_PER_DAY" in over_day.json()["detail"]
+        assert "limit is 5" in over_day.json()["detail"]
+        # the window's oldest symbols were asked for a moment ago: they age out in ~24 h
+        assert 86_000 <= int(over_day.headers["retry-after"]) <= 86_400
+        # a symbol already counted today is free to ask again: {A, B, C} + {A, D, E} = 5 fits
+        again = await post("/api/v1/portfolios", headers=alice, **form("NWA", "NWD", "NWE"))
+        assert again.status_code == 201, again.text
+        # per user: bob has his own quota
+        other = await post("/api/v1/portfolios", headers=bob, **form("NWF", "NWG", "NWH"))
+        assert other.status_code == 201, other.text
+
+    assert await count(settings.database_url, "portfolios") == 3
+    assert await count(settings.database_url, "portfolio_onboarding") == 3
+    assert await count(settings.database_url, "symbol_onboarding") == 8  # NWA..NWH

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import File, Form, UploadFile
 from fastapi.responses import JSONResponse
 
+from libs.common.onboarding.limits import NewSymbolLimitExceeded, NewSymbolLimits
 from libs.common.onboarding.upload import UploadRejected, upload_portfolio
 from libs.common.portfolio_csv import MAX_UPLOAD_BYTES
 from services.status_api import analytics_queries, queries
@@ -45,7 +46,17 @@ UPLOAD_RESPONSES: Responses = {
     422: {"model": ErrorResponse, "description": (
         "The file or form was rejected. `errors` lists every problem as {row, column, "
         "message}; `row` is the line number in the file as an editor shows it (comments and "
-        "header count). Nothing was saved.")}}
+        "header count). Nothing was saved. An upload with more symbols new to sigmabatch "
+        "than SIGMABATCH_MAX_NEW_SYMBOLS_PER_UPLOAD (default 200) is refused here too.")},
+    413: {"model": ErrorResponse, "description": (
+        "The request body is over the upload limit (2 MB file plus form overhead); refused "
+        "while it is read, with or without Content-Length.")},
+    429: {"model": ErrorResponse, "description": (
+        "The caller's new symbols of the last 24 hours plus this upload's are over "
+        "SIGMABATCH_MAX_NEW_SYMBOLS_PER_DAY (default 1,000); `Retry-After` says in how many "
+        "seconds this upload would pass. Nothing was saved."),
+          "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                      "description": "Seconds until this upload would pass."}}}}
 
 
 async def _read_limited(file: UploadFile, limit: int) -> bytes:
@@ -89,7 +100,8 @@ async def create_portfolio(
 
     Any problem rejects the whole upload with 422 and every problem as `{row, column,
     message}`, `row` being the line number in the file as an editor shows it; nothing is
-    saved. Otherwise 201: `completed` at once when every symbol was already known
+    saved (also past the per-upload limit on new symbols; past the per-day one: 429 with
+    Retry-After). Otherwise 201: `completed` at once when every symbol was already known
     (`v2_instant`), else `running` while new symbols are fetched (`v2_async`); poll
     `/api/v1/onboarding/status/{portfolio_id}`.
     """
@@ -99,10 +111,17 @@ async def create_portfolio(
             database_url=state.database_url, publish=state.publish, user_id=caller.user_id,
             username=caller.username, name=name, data=data, equity_balance=equity_balance,
             snapshot_maker=state.snapshot_maker,
-            retry_failed_after_seconds=state.settings.duplicate_window_seconds)
+            retry_failed_after_seconds=state.settings.duplicate_window_seconds,
+            new_symbol_limits=NewSymbolLimits(
+                per_upload=state.settings.max_new_symbols_per_upload,
+                per_day=state.settings.max_new_symbols_per_day))
     except UploadRejected as exc:
         state.metrics.uploads.labels("rejected").inc()
         return rejected(exc.problems)
+    except NewSymbolLimitExceeded as exc:
+        state.metrics.uploads.labels("over_quota").inc()
+        return JSONResponse(status_code=exc.status, content={"detail": exc.message, "errors": []},
+                            headers={"Retry-After": str(exc.retry_after_seconds or 1)})
     state.metrics.uploads.labels(result.mode).inc()
     return UploadResponse(
         portfolio_id=result.portfolio_id, positions_created=result.positions_created,
