@@ -190,7 +190,7 @@ async def test_admin_trigger_publishes_nightly(settings):
 
 
 async def test_batch_jobs_lists_running_jobs_of_every_type(settings):
-    headers = await token_for(settings.database_url, "alice")
+    headers = await token_for(settings.database_url, "ops", admin=True)  # admins see every job
     tracker = JobTracker(settings.database_url)
     nightly = await tracker.start("symbol_batch", "2025-06-30", phases=("prices", "factors"))
     await tracker.phase(nightly, "prices", total=500, unit="symbols")

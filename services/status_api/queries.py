@@ -15,6 +15,7 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.common.auth import Caller
 from libs.common.db import session_scope
 from libs.common.onboarding import store
 from libs.common.onboarding.domain import PHASES, progress
@@ -168,18 +169,78 @@ def job_document(row: Any) -> dict[str, Any]:
     }
 
 
+# Jobs a non-admin may see (docs/design.md §9): those of their own portfolios (a job keyed
+# `<portfolio_id>:...`, e.g. a portfolio_refresh_request) and those of their uploads (the
+# symbol_onboard job of a symbol one of their portfolios waited for). Nightly batches and
+# refresh plans/chunks span every user's portfolios: admins only.
+VISIBLE_TO_USER = """
+    (CAST(:admin AS boolean)
+     OR split_part(job_key, ':', 1) IN (
+            SELECT CAST(p.id AS text) FROM portfolios p WHERE p.user_id = :user_id)
+     OR (job_type = 'symbol_onboard' AND job_key IN (
+            SELECT pos.symbol FROM portfolio_onboarding_symbols pos
+            JOIN portfolios p ON p.id = pos.portfolio_id WHERE p.user_id = :user_id)))
+"""
+ERROR_CHARS_SHOWN = 200
+
+
+def redact_job(document: dict[str, Any]) -> dict[str, Any]:
+    """A job as a non-admin sees it: no worker or message ids, no raw stack, no payloads.
+
+    `error` keeps its first line (the reason, not the traceback), `result` only its numbers,
+    flags and dates (a dead letter's payload names the user who asked, and other users share
+    a symbol's job).
+    """
+    error = document.get("error")
+    if error:
+        first = error.strip().splitlines()[0] if error.strip() else ""
+        if first.startswith("Traceback"):
+            first = "failed (details for admins)"
+        error = first[:ERROR_CHARS_SHOWN]
+    result = {
+        key: value for key, value in (document.get("result") or {}).items()
+        if isinstance(value, bool | int | float) or (isinstance(value, str) and _is_date(value))
+    }
+    return {**document, "error": error, "result": result, "worker_id": None,
+            "correlation_id": None}
+
+
+def _is_date(value: str) -> bool:
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 async def jobs(session: AsyncSession, status: str | None, job_type: str | None,
-               limit: int) -> list[dict[str, Any]]:
+               limit: int, viewer: Caller) -> list[dict[str, Any]]:
+    """Newest first; only the jobs `viewer` may see, redacted unless an admin."""
     rows = await session.execute(
         text(
             f"SELECT {JOB_COLUMNS} FROM batch_run_history "
             "WHERE (CAST(:status AS text) IS NULL OR status = :status) "
             "AND (CAST(:job_type AS text) IS NULL OR job_type = :job_type) "
+            f"AND {VISIBLE_TO_USER} "
             "ORDER BY started_at DESC LIMIT :limit"
         ),
-        {"status": status, "job_type": job_type, "limit": limit},
+        {"status": status, "job_type": job_type, "limit": limit,
+         "admin": viewer.is_admin, "user_id": viewer.user_id},
     )
-    return [job_document(r) for r in rows.mappings()]
+    documents = [job_document(r) for r in rows.mappings()]
+    return documents if viewer.is_admin else [redact_job(d) for d in documents]
+
+
+async def job(session: AsyncSession, job_id: uuid.UUID, viewer: Caller) -> dict[str, Any] | None:
+    """One job, or None when missing or not `viewer`'s (the two are indistinguishable)."""
+    row = (await session.execute(
+        text(f"SELECT {JOB_COLUMNS} FROM batch_run_history WHERE id = :id AND {VISIBLE_TO_USER}"),
+        {"id": job_id, "admin": viewer.is_admin, "user_id": viewer.user_id},
+    )).mappings().first()
+    if row is None:
+        return None
+    document = job_document(row)
+    return document if viewer.is_admin else redact_job(document)
 
 
 PORTFOLIO_SQL = """

@@ -1,15 +1,21 @@
-"""Jobs of every type (batch runs, symbol onboarding, refreshes) from the job tracker."""
+"""Jobs of every type (batch runs, symbol onboarding, refreshes) from the job tracker.
+
+Tenancy (docs/design.md §9): a user sees the jobs of their own portfolios and uploads, with
+internals (worker and message ids, raw errors, payloads) redacted; admins see every job
+whole. The rule lives in `queries.VISIBLE_TO_USER` / `queries.redact_job`.
+"""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import Query
+from fastapi import HTTPException, Query
 
 from services.status_api import queries
 from services.status_api.api.deps import CallerDep, SessionDep
 from services.status_api.api.responses import resource_router
-from services.status_api.schemas import JobOut
+from services.status_api.schemas import ErrorResponse, JobOut
 
 router = resource_router("/batch", "batch")
 
@@ -25,7 +31,19 @@ async def batch_jobs(
     job_type: JobType = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[dict[str, Any]]:
-    return await queries.jobs(session, status, job_type, limit)
+    return await queries.jobs(session, status, job_type, limit, caller)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut,
+            responses={404: {"model": ErrorResponse,
+                             "description": "No such job for this caller (another user's job "
+                                            "answers 404 too)."}},
+            summary="One job (its phases, progress, result)")
+async def batch_job(session: SessionDep, caller: CallerDep, job_id: uuid.UUID) -> dict[str, Any]:
+    found = await queries.job(session, job_id, caller)
+    if found is None:
+        raise HTTPException(404, detail="Job not found.")
+    return found
 
 
 @router.get("/runs", response_model=list[JobOut], summary="Job history, newest first")
@@ -34,4 +52,4 @@ async def batch_runs(
     job_type: JobType = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[dict[str, Any]]:
-    return await queries.jobs(session, None, job_type or None, limit)
+    return await queries.jobs(session, None, job_type or None, limit, caller)
