@@ -94,3 +94,63 @@ async def test_bad_token_is_401_before_the_body_is_read(settings) -> None:
                                      headers={"Authorization": "Bearer sb_nope"})
         assert response.status_code == 401 and body.pulled == 0
     assert await count(settings.database_url, "portfolios") == 0
+
+
+async def test_over_a_real_uvicorn_socket(settings) -> None:
+    """The same over TCP: 401 before any body byte is sent; 413 once a chunked body passes
+    the cap, while the client has sent no more than the cap plus one byte."""
+    import asyncio
+
+    import uvicorn
+
+    from services.status_api.app import create_app
+    from sigmabatch.embedded import free_port
+
+    headers = await token_for(settings.database_url, "alice")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", log_config=None))
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        assert server.started
+
+        async def request_head(authorization: str, framing: str) -> tuple:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write((f"POST {UPLOAD} HTTP/1.1\r\nHost: api\r\n"
+                          f"Authorization: {authorization}\r\n"
+                          f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+                          f"{framing}\r\n\r\n").encode())
+            await writer.drain()
+            return reader, writer
+
+        reader, writer = await request_head("Bearer sb_not-a-token",
+                                            f"Content-Length: {50 * 1024 * 1024}")
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        assert status_line.startswith(b"HTTP/1.1 401 "), status_line
+        writer.close()
+
+        reader, writer = await request_head(headers["Authorization"], "Transfer-Encoding: chunked")
+        cap = MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD
+        head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"p.csv\"\r\nContent-Type: text/csv\r\n\r\n").encode()
+        writer.write(f"{len(head):x}\r\n".encode() + head + b"\r\n")
+        sent = len(head)
+        while sent <= cap:
+            size = min(CHUNK, cap + 1 - sent)
+            writer.write(f"{size:x}\r\n".encode() + b"#" * size + b"\r\n")
+            await writer.drain()
+            sent += size
+        assert sent == cap + 1
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        assert status_line.startswith(b"HTTP/1.1 413 "), status_line
+        rest = await asyncio.wait_for(reader.read(), 30)
+        assert b"limit of" in rest
+        writer.close()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 30)
+    assert await count(settings.database_url, "portfolios") == 0
