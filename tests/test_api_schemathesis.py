@@ -15,6 +15,7 @@ import time
 
 import httpx
 
+from libs.common.jobs import JobTracker
 from tests.processes import ServiceProcess
 from tests.test_api_helpers import csv_bytes, seed_known_symbols, stock_rows, token_for
 
@@ -39,10 +40,14 @@ async def test_openapi_fuzzing_finds_no_server_error(settings, service_env, tmp_
                 "/api/v1/portfolios", headers=headers, data={"name": "fuzz"},
                 files={"file": ("p.csv", csv_bytes(*stock_rows(["AAPL", "MSFT"])))})
         assert created.json()["status"] == "completed", created.text
+        tracker = JobTracker(settings.database_url)
+        job = await tracker.start("symbol_batch", "2026-01-02")
+        await tracker.finish(job)
         config = tmp_path / "schemathesis.toml"
         config.write_text(f'''[parameters]
 "path.portfolio_id" = "{created.json()["portfolio_id"]}"
 "path.symbol" = "AAPL"
+"path.job_id" = "{job.id}"
 ''')
         runs = []
         for extra, examples in (([], "25"), (["--config-file", str(config)], "15")):
