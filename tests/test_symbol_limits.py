@@ -90,6 +90,15 @@ async def test_limits_through_the_api_refuse_with_422_and_429_and_write_nothing(
         # a symbol already counted today is free to ask again: {A, B, C} + {A, D, E} = 5 fits
         again = await post("/api/v1/portfolios", headers=alice, **form("NWA", "NWD", "NWE"))
         assert again.status_code == 201, again.text
+        # the web frontend's upload is under the same quota (its own error shape)
+        frontend = await post(
+            "/api/v1/onboarding/create-portfolio", headers=alice,
+            files={"csv_file": ("p.csv", csv_bytes(*stock_rows(["NWX"])), "text/csv")},
+            data={"portfolio_name": "F", "account_name": "F", "account_type": "taxable",
+                  "equity_balance": "100000"})
+        assert frontend.status_code == 429, frontend.text
+        assert frontend.json()["detail"]["error"] == "new_symbol_limit"
+        assert int(frontend.headers["retry-after"]) > 0
         # per user: bob has his own quota
         other = await post("/api/v1/portfolios", headers=bob, **form("NWF", "NWG", "NWH"))
         assert other.status_code == 201, other.text

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.common.config import Settings
+
 WINDOW = dt.timedelta(hours=24)
 
 
@@ -31,6 +33,11 @@ WINDOW = dt.timedelta(hours=24)
 class NewSymbolLimits:
     per_upload: int = 200
     per_day: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NewSymbolLimits:
+        return cls(per_upload=settings.max_new_symbols_per_upload,
+                   per_day=settings.max_new_symbols_per_day)
 
 
 class NewSymbolLimitExceeded(Exception):

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from libs.common import bus
 from libs.common.events import PortfolioRefreshRequested
 from libs.common.onboarding.domain import ACCOUNT_TYPES
+from libs.common.onboarding.limits import NewSymbolLimitExceeded, NewSymbolLimits
 from libs.common.onboarding.upload import DuplicateAccountName, UploadRejected, upload_portfolio
 from libs.common.portfolio_csv import HEADER_LINE, MAX_UPLOAD_BYTES, CsvProblem
 from services.status_api import frontend_queries, queries
@@ -50,7 +51,11 @@ CREATE_ERRORS: Responses = {
     400: {"model": FrontendError, "description": (
         "The CSV or a form field was rejected: `detail.errors` lists every problem as "
         "{row, symbol, code, error_code, message, field}; nothing was saved.")},
-    409: {"model": FrontendError, "description": "The caller already has this account name."}}
+    409: {"model": FrontendError, "description": "The caller already has this account name."},
+    429: {"model": FrontendError, "description": (
+        "Over the caller's daily limit of new symbols (SIGMABATCH_MAX_NEW_SYMBOLS_PER_DAY); "
+        "`Retry-After` says in how many seconds this upload would pass. Nothing was saved."),
+          "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
 
 
 def frontend_error(status: int, error: str, message: str,
@@ -118,7 +123,8 @@ async def create_portfolio(
             snapshot_maker=state.snapshot_maker,
             retry_failed_after_seconds=state.settings.duplicate_window_seconds,
             account_name=account_name or "", account_type=account_type or "",
-            name_field="portfolio_name")
+            name_field="portfolio_name",
+            new_symbol_limits=NewSymbolLimits.from_settings(state.settings))
     except UploadRejected as exc:
         state.metrics.uploads.labels("rejected").inc()
         return frontend_error(
@@ -130,6 +136,11 @@ async def create_portfolio(
         return frontend_error(409, "duplicate_account_name", (
             f"You already have an account named '{exc.account_name}': choose another "
             "account name."))
+    except NewSymbolLimitExceeded as exc:  # the daily limit (the per-upload one is a 400 above)
+        state.metrics.uploads.labels("over_quota").inc()
+        refused = frontend_error(429, "new_symbol_limit", exc.message)
+        refused.headers["Retry-After"] = str(exc.retry_after_seconds or 1)
+        return refused
     state.metrics.uploads.labels(result.mode).inc()
     return CreatePortfolioResponse(
         portfolio_id=str(result.portfolio_id), portfolio_name=result.name,

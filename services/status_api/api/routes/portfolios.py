@@ -112,9 +112,7 @@ async def create_portfolio(
             username=caller.username, name=name, data=data, equity_balance=equity_balance,
             snapshot_maker=state.snapshot_maker,
             retry_failed_after_seconds=state.settings.duplicate_window_seconds,
-            new_symbol_limits=NewSymbolLimits(
-                per_upload=state.settings.max_new_symbols_per_upload,
-                per_day=state.settings.max_new_symbols_per_day))
+            new_symbol_limits=NewSymbolLimits.from_settings(state.settings))
     except UploadRejected as exc:
         state.metrics.uploads.labels("rejected").inc()
         return rejected(exc.problems)
