@@ -214,6 +214,8 @@ async def create_token(
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    if args.expires_days is not None and args.expires_days < 0:
+        raise CommandError("--expires-days must be 0 (never expires) or more")
     with database_url_for(args.data_dir) as database_url:
         try:
             token = asyncio.run(

@@ -13,8 +13,9 @@ import uuid
 
 from sqlalchemy import text
 
-from libs.common.auth import Caller, TokenCache
+from libs.common.auth import Caller, TokenCache, create_user_token
 from libs.common.db import session_scope
+from sigmabatch.cli import main
 from tests.test_api_helpers import api_client
 from tests.test_cli import REPO_ROOT, sigmabatch_command
 
@@ -35,10 +36,11 @@ def bearer(token: str) -> dict[str, str]:
 async def test_tokens_expire_are_listed_without_secrets_and_revoked(settings) -> None:
     url = settings.database_url
     made = [cli(url, "token", "create", "--user", "alice"),
-            cli(url, "token", "create", "--user", "alice", "--expires-days", "0"),
-            cli(url, "token", "create", "--user", "bob", "--expires-days", "7")]
+            cli(url, "token", "create", "--user", "alice", "--expires-days", "0")]
     assert all(m.returncode == 0 for m in made), [m.stderr for m in made]
-    alice_90, alice_forever, bob_7 = (m.stdout.strip() for m in made)
+    alice_90, alice_forever = (m.stdout.strip() for m in made)
+    async with session_scope(url) as session:  # the library call behind `token create`
+        bob_7 = await create_user_token(session, "bob", False, expires_days=7)
 
     listed = cli(url, "token", "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -87,10 +89,16 @@ async def test_tokens_expire_are_listed_without_secrets_and_revoked(settings) ->
     assert statuses == {alice_ids[0]: "revoked", alice_ids[1]: "revoked", bob_row["id"]: "expired"}
 
     # operator typos are errors, not "0 revoked"
-    for argv in (["revoke", str(uuid.uuid4())], ["revoke", "--user", "nobody"], ["revoke"],
-                 ["revoke", "not-an-id"], ["create", "--user", "x", "--expires-days", "-1"]):
+    for argv in (["revoke", str(uuid.uuid4())], ["revoke", "--user", "nobody"]):
         wrong = cli(url, "token", *argv)
         assert wrong.returncode == 1 and wrong.stderr.startswith("sigmabatch: "), argv
+
+
+def test_token_commands_refuse_bad_arguments_before_touching_the_database(capsys) -> None:
+    for argv in (["revoke"], ["revoke", "not-an-id"], ["revoke", str(uuid.uuid4()), "--user", "x"],
+                 ["create", "--user", "x", "--expires-days", "-1"]):
+        assert main(["token", *argv, "--data-dir", "/nonexistent-sigmabatch"]) == 1, argv
+        assert capsys.readouterr().err.startswith("sigmabatch: "), argv
 
 
 def test_the_token_cache_never_outlives_the_token() -> None:
