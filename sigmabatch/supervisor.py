@@ -32,7 +32,13 @@ from typing import IO, Any
 import httpx
 import psutil
 
-from sigmabatch.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
+from sigmabatch.embedded import (
+    EmbeddedNats,
+    EmbeddedNatsCluster,
+    EmbeddedPostgres,
+    die_with_parent,
+    free_port,
+)
 
 log = logging.getLogger("sigmabatch.up")
 
@@ -196,9 +202,12 @@ class Supervisor:
     services: Sequence[str] = SERVICES
     stop_grace: float = STOP_GRACE_SECONDS
     extra_env: dict[str, str] = field(default_factory=dict)
-    nats: EmbeddedNats | None = None
+    # Embedded NATS nodes: 1 = one server; 3 = a cluster on loopback with R3 streams.
+    nats_nodes: int = 1
+    nats: EmbeddedNats | EmbeddedNatsCluster | None = None
     postgres: EmbeddedPostgres | None = None
     nats_url: str = ""
+    stream_replicas: int = 1
     database_url: str = ""
     api_url: str | None = None
     children: dict[str, Child] = field(default_factory=dict)
@@ -256,11 +265,19 @@ class Supervisor:
         else:
             self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
             postgres_start = self._in_thread(self.postgres.start)
+        self.stream_replicas = settings.stream_replicas
         if settings.nats_url:
             self.nats_url = settings.nats_url
+            if self.nats_nodes > 1:
+                log.warning("NATS_URL is set: --nats-nodes %d ignored", self.nats_nodes)
         else:
             # In this thread: the parent-death signal is tied to the thread that forks.
-            self.nats = EmbeddedNats(self.data_dir / "nats")
+            if self.nats_nodes > 1:
+                self.nats = EmbeddedNatsCluster(self.data_dir / "nats-cluster", self.nats_nodes)
+                # R3 (JetStream's most) on 3+ nodes: one node lost loses no message.
+                self.stream_replicas = min(self.nats_nodes, 3)
+            else:
+                self.nats = EmbeddedNats(self.data_dir / "nats")
             self.nats_url = self.nats.start()
         # Import the migration code (alembic, the models) while PostgreSQL initialises.
         await self._in_thread(importlib.import_module, "libs.common.models")
@@ -307,6 +324,7 @@ class Supervisor:
         env.update(
             DATABASE_URL=self.database_url,
             NATS_URL=self.nats_url,
+            SIGMABATCH_STREAM_REPLICAS=str(self.stream_replicas),
             API_PORT=str(self.api_port),
             API_HOST="127.0.0.1",
             SIGMABATCH_DATA_DIR=str(self.data_dir),
@@ -372,11 +390,13 @@ class Supervisor:
             "data_dir": str(self.data_dir),
             "api_url": self.api_url,
             "nats_url": self.nats_url,
+            "nats_nodes": self._nats_nodes(),
+            "stream_replicas": self.stream_replicas,
             "database_url": self.database_url,
             "embedded": {"nats": self.nats is not None, "postgres": self.postgres is not None},
             "pids": {
                 "supervisor": os.getpid(),
-                "nats": self.nats.pid if self.nats else None,
+                "nats": self.nats.pid if isinstance(self.nats, EmbeddedNats) else None,
                 "postgres": self.postgres.pid if self.postgres else None,
                 "services": {name: child.pid for name, child in self.children.items()},
             },
@@ -392,6 +412,16 @@ class Supervisor:
         with os.fdopen(descriptor, "w") as out:
             out.write(json.dumps(runtime, indent=2) + "\n")
         temporary.replace(path)  # readers never see half a file
+
+    def _nats_nodes(self) -> list[dict[str, object]]:
+        """Each NATS node's name, URL and pid (pid None: not ours to know)."""
+        if isinstance(self.nats, EmbeddedNatsCluster):
+            return self.nats.describe()
+        if isinstance(self.nats, EmbeddedNats):
+            return [{"name": self.nats.server_name, "url": self.nats_url, "pid": self.nats.pid}]
+        from libs.common.bus import server_urls
+
+        return [{"name": None, "url": url, "pid": None} for url in server_urls(self.nats_url)]
 
     # -- stop ---------------------------------------------------------------------------
 
@@ -498,7 +528,8 @@ def describe(supervisor: Supervisor, token: str | None = None, user: str | None 
         f"sigmabatch is up in {supervisor.ready_seconds:.1f} s  (data dir {supervisor.data_dir})",
         f"  console     {supervisor.api_url + '/' if supervisor.api_url else '(status_api not installed)'}"
         + ("   API docs: " + supervisor.api_url + "/docs" if supervisor.api_url else ""),
-        f"  NATS        {supervisor.nats_url}",
+        f"  NATS        {supervisor.nats_url}"
+        + (f"   (R{supervisor.stream_replicas} streams)" if supervisor.stream_replicas > 1 else ""),
         f"  PostgreSQL  {_without_password(supervisor.database_url)}",
         f"  services    {', '.join(supervisor.children) or '(none)'}   logs: {supervisor.data_dir / 'logs'}",
     ]
@@ -512,9 +543,9 @@ def describe(supervisor: Supervisor, token: str | None = None, user: str | None 
     return "\n".join(lines)
 
 
-async def run_up(data_dir: Path, api_port: int) -> int:
+async def run_up(data_dir: Path, api_port: int, nats_nodes: int = 1) -> int:
     """`sigmabatch up`: run until Ctrl-C/SIGTERM; exit code 0 on a clean stop."""
-    supervisor = Supervisor(data_dir=data_dir, api_port=api_port)
+    supervisor = Supervisor(data_dir=data_dir, api_port=api_port, nats_nodes=nats_nodes)
     supervisor.acquire()  # AlreadyRunning leaves the running system alone
     install_stop_signals(supervisor)
     try:

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -100,7 +99,7 @@ def consumer_spec(route: Route, settings: Settings) -> bus.ConsumerSpec[Any]:
     """The durable consumer of a route with this deployment's AckWait and MaxDeliver."""
     return bus.ConsumerSpec(durable=route.durable, message_type=route.message_type,
                             job_type=route.job_type, ack_wait_seconds=settings.ack_wait_seconds,
-                            max_deliver=settings.max_deliver)
+                            max_deliver=settings.max_deliver, replicas=settings.stream_replicas)
 
 
 @dataclass
@@ -172,9 +171,6 @@ async def connect_bus(settings: Settings, name: str, *, long_lived: bool = True,
     """Connect and declare the streams. A long-lived connection (services, the API)
     reconnects forever; a short one (a CLI command) fails fast instead."""
     url = nats_url or settings.require_nats_url()
-    if long_lived:
-        nc = await bus.connect(url, name)
-    else:
-        nc = await nats.connect(url, name=name, connect_timeout=5, allow_reconnect=False)
+    nc = await bus.connect(url, name, settings, reconnect=long_lived)
     js = nc.jetstream()
     return BusConnection(nc, js, await declare_streams(js, settings))

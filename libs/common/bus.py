@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -25,15 +26,28 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
+    ClusterInfo,
     ConsumerConfig,
     DeliverPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from pydantic import ValidationError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
+from libs.common.config import Settings, get_settings
 from libs.common.events import COMMANDS, EVENTS, Message
 
 log = logging.getLogger(__name__)
@@ -87,14 +101,62 @@ class ConsumerSpec(Generic[M]):
     ack_wait_seconds: float = 30.0
     max_deliver: int = 5
     max_ack_pending: int = 1000
+    # Replicas of the consumer's state (0 = as its stream at creation); set to the stream's
+    # count so a stream scaled to R3 does not keep R1 consumers (a lost node would stop them).
+    replicas: int = 0
     nak_delays: tuple[float, ...] = field(default=(1.0, 5.0, 15.0, 60.0))
 
     def nak_delay(self, num_delivered: int) -> float:
         return self.nak_delays[min(num_delivered, len(self.nak_delays)) - 1]
 
 
-async def connect(url: str, name: str) -> NATS:
-    """Connect with unbounded reconnects: a NATS restart pauses the service, never kills it."""
+def server_urls(url: str) -> list[str]:
+    """NATS_URL as a list of servers: a cluster is given as comma-separated URLs."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("NATS_URL holds no server URL")
+    return servers
+
+
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """Credentials and TLS of this deployment, as `nats.connect` keyword arguments.
+
+    User/password or a creds file (JWT + nkey) authenticate the service as its own NATS user,
+    whose permissions name exactly the subjects it may use (deploy/nats/); a CA file (and
+    optionally a client certificate) turns on TLS verified against the deployment's CA.
+    """
+    options: dict[str, Any] = {}
+    if settings.nats_creds:
+        options["user_credentials"] = str(settings.nats_creds)
+    elif settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password or ""
+    if settings.nats_tls_ca or settings.nats_tls_cert:
+        context = ssl.create_default_context(
+            cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
+        )
+        if settings.nats_tls_cert:
+            context.load_cert_chain(
+                str(settings.nats_tls_cert),
+                str(settings.nats_tls_key) if settings.nats_tls_key else None,
+            )
+        options["tls"] = context
+        if settings.nats_tls_hostname:
+            options["tls_hostname"] = settings.nats_tls_hostname
+    return options
+
+
+async def connect(
+    url: str, name: str, settings: Settings | None = None, *, reconnect: bool = True
+) -> NATS:
+    """Connect to one server or a cluster (comma-separated URL), with this deployment's
+    credentials and TLS.
+
+    Services reconnect without bound (a NATS restart or a node loss pauses them, never kills
+    them; the client moves to another node of the cluster); one-shot commands pass
+    `reconnect=False` and fail fast.
+    """
+    settings = settings or get_settings()
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected", extra={"service": name})
@@ -105,15 +167,20 @@ async def connect(url: str, name: str) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc, extra={"service": name})
 
+    callbacks: dict[str, Any] = (
+        {"disconnected_cb": on_disconnect, "reconnected_cb": on_reconnect, "error_cb": on_error}
+        if reconnect
+        else {}
+    )
     return await nats.connect(
-        url,
+        servers=server_urls(url),
         name=name,
-        max_reconnect_attempts=-1,
+        allow_reconnect=reconnect,
+        max_reconnect_attempts=-1 if reconnect else 0,
         reconnect_time_wait=0.5,
         connect_timeout=5,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-        error_cb=on_error,
+        **callbacks,
+        **connect_options(settings),
     )
 
 
@@ -166,6 +233,7 @@ def _consumer_config(topology: Topology, spec: ConsumerSpec[Any]) -> ConsumerCon
         ack_wait=spec.ack_wait_seconds,
         max_deliver=spec.max_deliver,
         max_ack_pending=spec.max_ack_pending,
+        num_replicas=spec.replicas,
     )
 
 
@@ -194,6 +262,7 @@ async def ensure_consumer(
             and current.ack_wait == wanted.ack_wait
             and current.max_deliver == wanted.max_deliver
             and current.max_ack_pending == wanted.max_ack_pending
+            and (not spec.replicas or current.num_replicas == wanted.num_replicas)
         )
         if same:
             return
@@ -213,26 +282,84 @@ async def ensure_consumer(
         await js.consumer_info(stream, spec.durable)
 
 
-async def publish(js: JetStreamContext, topology: Topology, message: Message) -> bool:
-    """Publish with `Nats-Msg-Id` = the message's business key.
+# A publish that met one of these may or may not have been stored: a stream leader being
+# elected (no responders / 503), a node dying under the request (timeout), the client moving
+# to another node. Retrying with the same Nats-Msg-Id is safe: a copy already stored makes
+# the retry a dropped duplicate.
+RETRYABLE_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    nats.errors.TimeoutError,
+    asyncio.TimeoutError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+)
 
-    Returns False when JetStream dropped it as a duplicate of a message inside the window.
+
+@dataclass(frozen=True)
+class PublishRetry:
+    """Bounds of the publish retry: JetStream elects a new stream leader within a few
+    seconds of losing one, so the budget covers several elections without hiding an outage."""
+
+    attempt_timeout: float = 5.0
+    budget_seconds: float = 30.0
+    initial_wait: float = 0.1
+    max_wait: float = 2.0
+    jitter: float = 0.25  # spreads the retries of many publishers after one election
+
+
+DEFAULT_PUBLISH_RETRY = PublishRetry()
+
+
+async def publish(
+    js: JetStreamContext,
+    topology: Topology,
+    message: Message,
+    *,
+    retry: PublishRetry = DEFAULT_PUBLISH_RETRY,
+) -> bool:
+    """Publish with `Nats-Msg-Id` = the message's business key, retried through elections.
+
+    Every attempt carries the same id, so a publish whose first attempt was stored but whose
+    ack was lost (leader killed mid-request) is not stored twice. Returns False when
+    JetStream dropped it as a duplicate of a message published before this call; a duplicate
+    met on a retry is this call's own earlier attempt, so that counts as published.
     """
-    headers = {
-        "Nats-Msg-Id": message.message_id(),
-        "Correlation-Id": message.correlation_id,
-    }
-    ack = await js.publish(
-        topology.subject(message.subject),
-        message.model_dump_json().encode(),
-        headers=headers,
-    )
-    duplicate = bool(ack.duplicate)
+    msg_id = message.message_id()
+    headers = {"Nats-Msg-Id": msg_id, "Correlation-Id": message.correlation_id}
+    subject = topology.subject(message.subject)
+    payload = message.model_dump_json().encode()
+    attempts = 0
+    ack = None
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(retry.budget_seconds),
+        wait=wait_exponential_jitter(
+            multiplier=retry.initial_wait, max=retry.max_wait, jitter=retry.jitter
+        ),
+        retry=retry_if_exception_type(RETRYABLE_PUBLISH_ERRORS),
+        before_sleep=lambda state: log.warning(
+            "publish of %s not acknowledged (attempt %d): %r; retrying with the same id",
+            subject,
+            state.attempt_number,
+            state.outcome.exception() if state.outcome else None,
+            extra={"msg_id": msg_id},
+        ),
+        reraise=True,
+    ):
+        with attempt:
+            attempts += 1
+            ack = await js.publish(
+                subject, payload, timeout=retry.attempt_timeout, headers=dict(headers)
+            )
+    assert ack is not None
+    duplicate = bool(ack.duplicate) and attempts == 1
     log.info(
-        "published %s%s",
+        "published %s%s%s",
         message.subject,
         " (duplicate dropped)" if duplicate else "",
-        extra={"msg_id": message.message_id(), "correlation_id": message.correlation_id},
+        f" after {attempts} attempts" if attempts > 1 else "",
+        extra={"msg_id": msg_id, "correlation_id": message.correlation_id},
     )
     return not duplicate
 
@@ -367,8 +494,29 @@ async def consume(
             await subscription.unsubscribe()
 
 
+def cluster_summary(cluster: ClusterInfo | None) -> dict[str, Any]:
+    """A stream's or consumer's leader and each replica's state (lag in operations behind
+    the leader), for status displays; empty outside a cluster."""
+    if cluster is None or not cluster.leader:
+        return {"leader": None, "peers": []} if cluster is not None else {}
+    peers = [{"name": cluster.leader, "role": "leader", "current": True, "lag": 0}]
+    for peer in cluster.replicas or []:
+        peers.append(
+            {
+                "name": peer.name,
+                "role": "replica",
+                "current": bool(peer.current),
+                "lag": peer.lag or 0,
+                "active": f"{(peer.active or 0) / 1e9:.1f}s ago",
+                "offline": bool(peer.offline),
+            }
+        )
+    return {"leader": cluster.leader, "peers": peers}
+
+
 async def consumer_lag(js: JetStreamContext, topology: Topology) -> list[dict[str, Any]]:
-    """Per durable consumer: pending (not yet delivered) and ack-pending counts."""
+    """Per durable consumer: pending (not yet delivered) and ack-pending counts, and in a
+    cluster its leader and replicas."""
     rows: list[dict[str, Any]] = []
     for stream in (topology.jobs_stream, topology.events_stream):
         try:
@@ -383,6 +531,7 @@ async def consumer_lag(js: JetStreamContext, topology: Topology) -> list[dict[st
                     "pending": info.num_pending,
                     "ack_pending": info.num_ack_pending,
                     "redelivered": info.num_redelivered,
+                    **cluster_summary(info.cluster),
                 }
             )
     return rows

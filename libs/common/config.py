@@ -20,7 +20,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
 
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    # One server, or a cluster as comma-separated URLs (`tls://` where the servers want TLS).
     nats_url: str | None = Field(default=None, alias="NATS_URL")
+    # This service's NATS user (deploy/nats/ gives each service its own, with permissions on
+    # exactly its subjects): user/password, or a creds file (JWT + nkey seed).
+    nats_user: str | None = Field(default=None, alias="NATS_USER")
+    nats_password: str | None = Field(default=None, alias="NATS_PASSWORD")
+    nats_creds: Path | None = Field(default=None, alias="NATS_CREDS")
+    # TLS: the CA that signed the servers' certificates; a client certificate where the
+    # servers verify clients; the name to verify when it is not the URL's host.
+    nats_tls_ca: Path | None = Field(default=None, alias="NATS_TLS_CA")
+    nats_tls_cert: Path | None = Field(default=None, alias="NATS_TLS_CERT")
+    nats_tls_key: Path | None = Field(default=None, alias="NATS_TLS_KEY")
+    nats_tls_hostname: str | None = Field(default=None, alias="NATS_TLS_HOSTNAME")
     market_data_provider: Literal["sample", "yfinance"] = Field(
         default="sample", alias="MARKET_DATA_PROVIDER"
     )

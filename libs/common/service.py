@@ -60,6 +60,7 @@ class ServiceContext:
         """A ConsumerSpec with this deployment's AckWait and MaxDeliver."""
         kwargs.setdefault("ack_wait_seconds", self.settings.ack_wait_seconds)
         kwargs.setdefault("max_deliver", self.settings.max_deliver)
+        kwargs.setdefault("replicas", self.settings.stream_replicas)
         return bus.ConsumerSpec(
             durable=durable, message_type=message_type, job_type=job_type, **kwargs
         )
