@@ -179,6 +179,10 @@ async def connect(
         max_reconnect_attempts=-1 if reconnect else 0,
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        # A node that stops answering (paused, partitioned) is left for another within
+        # ~15 s, not after the client's default 4 minutes.
+        ping_interval=5,
+        max_outstanding_pings=3,
         **callbacks,
         **connect_options(settings),
     )

@@ -183,9 +183,7 @@ class System:
 
     def trigger(self, target: dt.date, *, requested_by: str = "cron") -> bool:
         async def publish() -> bool:
-            import nats
-
-            nc = await nats.connect(self.env["NATS_URL"])
+            nc = await bus.connect(self.env["NATS_URL"], "harness")
             try:
                 topology = bus.Topology(self.env.get("SIGMABATCH_BUS_PREFIX", ""))
                 return await bus.publish(
