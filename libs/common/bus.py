@@ -125,7 +125,7 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     whose permissions name exactly the subjects it may use (deploy/nats/); a CA file (and
     optionally a client certificate) turns on TLS verified against the deployment's CA.
     """
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"inbox_prefix": settings.nats_inbox_prefix}
     if settings.nats_creds:
         options["user_credentials"] = str(settings.nats_creds)
     elif settings.nats_user:

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     nats_tls_cert: Path | None = Field(default=None, alias="NATS_TLS_CERT")
     nats_tls_key: Path | None = Field(default=None, alias="NATS_TLS_KEY")
     nats_tls_hostname: str | None = Field(default=None, alias="NATS_TLS_HOSTNAME")
+    # Replies (JetStream API answers, pulled messages) arrive under this prefix; deploy/nats/
+    # lets each service's user subscribe to `_INBOX_<user>.>` only.
+    nats_inbox_prefix: str = Field(default="_INBOX", alias="NATS_INBOX_PREFIX")
     market_data_provider: Literal["sample", "yfinance"] = Field(
         default="sample", alias="MARKET_DATA_PROVIDER"
     )

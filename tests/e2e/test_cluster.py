@@ -39,7 +39,6 @@ from tests.e2e.scenario import (
     FIRST_DATES,
     FIRST_TARGET,
     SECOND_DATES,
-    SECOND_TARGET,
     WATERMARK,
     portfolio_files,
     run_scenario,
@@ -52,10 +51,11 @@ pytestmark = pytest.mark.e2e
 FULL = os.environ.get("SIGMABATCH_FULL_FAULTS") == "1"
 SEEDS = [1, 2, 3] if FULL else [1]
 
-# The 500-portfolio refresh: 250 copies of each example portfolio, in chunks of 50 so that
-# a date is ten chunk messages in the work queue at once.
+# The 500-portfolio refresh: 250 copies of each example portfolio, in chunks of 100 so that
+# the date is five chunk messages in the work queue at once.
 COPIES = 250
-CHUNK_SIZE = "50"
+CHUNK_SIZE = "100"
+REFRESH_DATE = SECOND_DATES[0]
 CHUNK_CONSUMER = "portfolio-refresh-chunk"
 TUNED = (
     "SIGMABATCH_ACK_WAIT_SECONDS",
@@ -260,24 +260,28 @@ def clone_portfolios(system: System, copies: int) -> int:
     """`copies` copies of every uploaded portfolio (positions included), as if uploaded."""
     system.query(
         """
-        WITH originals AS (SELECT * FROM portfolios),
+        WITH plan AS (
+            SELECT o.id AS original, gen_random_uuid() AS id,
+                   o.name || '-' || lpad(i::text, 3, '0') AS name,
+                   o.user_id, o.equity_balance, o.currency, o.is_active, o.created_at
+            FROM portfolios o, generate_series(1, :copies - 1) AS i
+        ),
         copies AS (
-            INSERT INTO portfolios (id, user_id, name, equity_balance, currency, is_active, created_at)
-            SELECT gen_random_uuid(), o.user_id, o.name || '-' || lpad(i::text, 3, '0'),
-                   o.equity_balance, o.currency, o.is_active, o.created_at
-            FROM originals o, generate_series(1, :copies - 1) AS i
-            RETURNING id, name
+            INSERT INTO portfolios (id, user_id, name, equity_balance, currency, is_active,
+                                    created_at)
+            SELECT id, user_id, name, equity_balance, currency, is_active, created_at FROM plan
+            RETURNING id
         )
-        INSERT INTO positions (portfolio_id, source_row, symbol, quantity, entry_price, entry_date,
-            exit_date, exit_price, investment_class, investment_subtype, underlying_symbol,
-            strike_price, expiration_date, option_type, multiplier, manual_value)
-        SELECT c.id, x.source_row, x.symbol, x.quantity, x.entry_price, x.entry_date,
-            x.exit_date, x.exit_price, x.investment_class, x.investment_subtype,
+        INSERT INTO positions (id, portfolio_id, source_row, symbol, quantity, entry_price,
+            entry_date, exit_date, exit_price, investment_class, investment_subtype,
+            underlying_symbol, strike_price, expiration_date, option_type, multiplier,
+            manual_value)
+        SELECT gen_random_uuid(), plan.id, x.source_row, x.symbol, x.quantity, x.entry_price,
+            x.entry_date, x.exit_date, x.exit_price, x.investment_class, x.investment_subtype,
             x.underlying_symbol, x.strike_price, x.expiration_date, x.option_type, x.multiplier,
             x.manual_value
-        FROM copies c
-        JOIN originals o ON c.name LIKE o.name || '-___'
-        JOIN positions x ON x.portfolio_id = o.id
+        FROM plan JOIN positions x ON x.portfolio_id = plan.original
+        WHERE (SELECT count(*) FROM copies) > 0
         RETURNING 1
         """,
         copies=copies,
@@ -288,7 +292,7 @@ def clone_portfolios(system: System, copies: int) -> int:
 def run_refresh_scenario(
     system: System, fault: Callable[[System], None] | None = None
 ) -> dict[str, Any]:
-    """The nightly cycle with 500 portfolios: the second trigger refreshes 2 dates x 500."""
+    """The nightly cycle with 500 portfolios: the second trigger refreshes one date x 500."""
     files = portfolio_files()
     system.start_all()
     system.seed_universe(symbols_of(files))
@@ -301,10 +305,10 @@ def run_refresh_scenario(
         assert system.wait_onboarded(created["portfolio_id"])["status"] == "completed"
     portfolios = clone_portfolios(system, COPIES)
     assert portfolios == COPIES * len(files)
-    system.trigger(SECOND_TARGET)
+    system.trigger(REFRESH_DATE)
     if fault is not None:
         fault(system)
-    system.wait_for_cycle(SECOND_DATES, portfolios=portfolios, timeout=300)
+    system.wait_for_cycle([REFRESH_DATE], portfolios=portfolios, timeout=240)
     return system.digest()
 
 
