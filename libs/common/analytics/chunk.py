@@ -71,10 +71,11 @@ def option_greeks(values: pd.DataFrame, closes: pd.DataFrame, params: pnl.Pricin
         return pd.DataFrame(
             {c: pd.Series(dtype="float64") for c in GREEK_FRAME_COLUMNS}
         ).astype({"position_id": object, "portfolio_id": object, "underlying_symbol": object})
-    spot = opts["underlying_price"].to_numpy(dtype="float64")
-    years = opts["model_years"].to_numpy(dtype="float64")
-    vol = opts["model_volatility"].to_numpy(dtype="float64")
-    rate = opts["model_rate"].to_numpy(dtype="float64")
+    # Copies: filled in place below (pandas may hand out read-only views of its columns).
+    spot = opts["underlying_price"].to_numpy(dtype="float64", copy=True)
+    years = opts["model_years"].to_numpy(dtype="float64", copy=True)
+    vol = opts["model_volatility"].to_numpy(dtype="float64", copy=True)
+    rate = opts["model_rate"].to_numpy(dtype="float64", copy=True)
     missing = np.isnan(spot)
     if missing.any():
         # A quoted option: the inputs the model would have used on this date.
