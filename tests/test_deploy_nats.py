@@ -280,7 +280,8 @@ def _compose(*args: str) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.endswith("NATS_PASSWORD")},
+        # The file's own defaults, not this shell's NATS_URL, replicas or passwords.
+        env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")},
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["services"]
