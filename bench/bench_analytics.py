@@ -117,7 +117,7 @@ async def seed(url: str, n_portfolios: int) -> list[uuid.UUID]:
 async def analytics_only(url: str, ids: list[uuid.UUID], chunk_size: int) -> tuple[float, dict]:
     """Time the analytics of every chunk (reads + compute + writes), P&L done beforehand."""
     params = pnl.PricingParams()
-    phases = {"read": 0.0, "compute": 0.0, "write": 0.0}
+    phases = {"read": 0.0, "compute": 0.0, "write": 0.0, "cpu": 0.0}
     total = 0.0
     analytics_repo._CACHE.__init__()  # a cold cache, as a fresh process has
     for chunk in plan_chunks(ids, chunk_size):
@@ -126,6 +126,7 @@ async def analytics_only(url: str, ids: list[uuid.UUID], chunk_size: int) -> tup
             inputs = await repo.load_chunk(conn, DAY, chunk)
             result = (await asyncio.to_thread(compute_chunk, DAY, inputs, params))[0]
             t0 = time.perf_counter()
+            c0 = time.process_time()
             as_of = await analytics_repo.load_inputs(conn, DAY, inputs.positions, inputs.betas)
             t1 = time.perf_counter()
             out = await asyncio.to_thread(analytics_of_refresh, result, inputs.positions, as_of,
@@ -133,6 +134,7 @@ async def analytics_only(url: str, ids: list[uuid.UUID], chunk_size: int) -> tup
             t2 = time.perf_counter()
             await analytics_repo.write_analytics(conn, DAY, chunk, out)
         t3 = time.perf_counter()  # commit included
+        phases["cpu"] += time.process_time() - c0
         phases["read"] += t1 - t0
         phases["compute"] += t2 - t1
         phases["write"] += t3 - t2
@@ -216,9 +218,12 @@ async def naive_loop(url: str, ids: list[uuid.UUID], sample: int) -> float:
     equity = dict(zip(full.risk["portfolio_id"], full.risk["equity"], strict=True))
     groups = dict(tuple(holdings.groupby("portfolio_id")))
     started = time.perf_counter()
+    cpu = time.process_time()
     for pid in list(groups)[:sample]:
         naive_one(groups[pid], equity[pid], returns, betas, sectors, shocks)
-    return (time.perf_counter() - started) / min(sample, len(groups))
+    done = min(sample, len(groups))
+    print(f"  pandas loop CPU {(time.process_time() - cpu) / done * 1000:.1f} ms/portfolio")
+    return (time.perf_counter() - started) / done
 
 
 async def main() -> None:
@@ -238,7 +243,8 @@ async def main() -> None:
         seconds, phases = await analytics_only(url, ids, args.chunk_size)
         print(f"analytics (reads + compute + writes, {args.chunk_size}/chunk): {seconds:.2f} s "
               f"= read {phases['read']:.2f} + compute {phases['compute']:.2f} + write "
-              f"{phases['write']:.2f}")
+              f"{phases['write']:.2f}; this process's CPU {phases['cpu']:.2f} s; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         made, whole = await whole_refresh(url, ids, args.chunk_size)
         print(f"whole refresh with analytics (snapshots {made:,}, 2 chunks in flight): "
               f"{whole:.2f} s")

@@ -308,3 +308,13 @@ def test_option_gamma_term_is_half_gamma_times_the_squared_move():
     out = stress.stress(holdings, pd.Index(["p"]), np.array([10_000.0]), betas, moves)
     ds = 100.0 * 1.5 * -0.10
     assert out.direct[0, 0] == pytest.approx(1.5 * 5_000 * -0.10 + 0.5 * 4.0 * ds * ds)
+
+
+def test_books_without_profiles_or_betas_get_nulls_not_errors():
+    book = _book([("p", "A", 10.0), ("p", "B", -5.0)], {"p": 20.0})
+    beta, coverage = risk.weighted_beta(book, pd.Series(dtype="float64"))
+    assert np.isnan(beta[0]) and coverage[0] == 0.0
+    grouped, unclassified = risk.sector_exposures(book, pd.Series(dtype=object))
+    assert list(grouped["sector"]) == [risk.UNCLASSIFIED]
+    assert unclassified["p"] == ["A", "B"]
+    assert grouped["gross_weight"].iloc[0] == pytest.approx(15.0 / 20.0)

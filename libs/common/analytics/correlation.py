@@ -63,8 +63,31 @@ class CorrelationResult:
     window_sessions: int
 
 
-def pairwise_complete(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Correlation and common-observation counts of stacked (P, T, K) data with NaN holes."""
+def pairwise_complete(x: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Correlation and common-observation counts of stacked (P, T, K) data with NaN holes.
+
+    ``valid`` (P, K) marks real columns (the rest is padding, all NaN): portfolios whose real
+    columns have no hole take the one-product path (the same numbers, a quarter of the work).
+    """
+    if valid is not None:
+        finite = np.isfinite(x)
+        complete = (finite | ~valid[:, None, :]).all(axis=(1, 2))
+        if complete.any():
+            corr = np.full((x.shape[0], x.shape[2], x.shape[2]), np.nan)
+            n = np.zeros(corr.shape, dtype="int64")
+            sub = np.where(finite[complete], x[complete], 0.0)
+            centred = sub - sub.mean(axis=1, keepdims=True)
+            centred *= valid[complete][:, None, :]
+            cov = np.swapaxes(centred, 1, 2) @ centred
+            d = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                c = cov / d[:, :, None] / d[:, None, :]
+            both = valid[complete][:, :, None] & valid[complete][:, None, :]
+            corr[complete] = np.where(both, np.clip(c, -1.0, 1.0), np.nan)
+            n[complete] = np.where(both, x.shape[1], 0)
+            if (~complete).any():
+                corr[~complete], n[~complete] = pairwise_complete(x[~complete])
+            return corr, n
     mask = np.isfinite(x)
     m = mask.astype("float64")
     x0 = np.where(mask, x, 0.0)
@@ -134,18 +157,33 @@ def cluster_labels(corr: np.ndarray, valid: np.ndarray, distance: float = CLUSTE
 
 
 def members(holdings: pd.DataFrame, portfolio_ids: pd.Index, limit: int = MAX_MEMBERS) -> pd.DataFrame:
-    """Public positions netted per symbol, the ``limit`` largest by gross weight per portfolio."""
-    public = holdings[holdings["is_public"].astype(bool)]
-    net = public.groupby([public["portfolio_id"].astype(str), public["symbol"]], sort=False)[
-        "market_value"].sum().rename("market_value").reset_index()
-    net = net[net["market_value"] != 0]
-    net["gross"] = net["market_value"].abs()
-    net = net.sort_values(["portfolio_id", "gross", "symbol"], ascending=[True, False, True],
-                          kind="stable")
-    net["rank"] = net.groupby("portfolio_id", sort=False).cumcount()
-    net = net[net["rank"] < limit]
-    net = net[net["portfolio_id"].isin(portfolio_ids)]
-    return net.reset_index(drop=True)
+    """Public positions netted per symbol, the ``limit`` largest by gross weight per portfolio.
+
+    Returns row (position in ``portfolio_ids``), portfolio_id, symbol, market_value, sorted
+    by row, then gross weight descending, then symbol.
+    """
+    public = holdings[holdings["is_public"].astype(bool).to_numpy()]
+    row = portfolio_ids.get_indexer(public["portfolio_id"].astype(str))
+    keep = row >= 0
+    codes, uniques = pd.factorize(public["symbol"].to_numpy()[keep], sort=True)
+    n_sym = max(len(uniques), 1)
+    key = row[keep].astype("int64") * n_sym + codes
+    keys, inverse = np.unique(key, return_inverse=True)
+    net = np.bincount(inverse, weights=public["market_value"].to_numpy(dtype="float64")[keep])
+    owner, sym = keys // n_sym, keys % n_sym
+    nonzero = net != 0
+    owner, sym, net = owner[nonzero], sym[nonzero], net[nonzero]
+    order = np.lexsort((sym, -np.abs(net), owner))
+    owner, sym, net = owner[order], sym[order], net[order]
+    first = np.concatenate([[0], np.flatnonzero(np.diff(owner)) + 1]) if len(owner) else owner
+    counts = np.diff(np.concatenate([first, [len(owner)]]))
+    rank = np.arange(len(owner)) - np.repeat(first, counts)
+    top = rank < limit
+    return pd.DataFrame({
+        "row": owner[top], "portfolio_id": portfolio_ids[owner[top]],
+        "symbol": np.asarray(uniques, dtype=object)[sym[top]], "market_value": net[top],
+        "rank": rank[top],
+    })
 
 
 def correlate(
@@ -160,15 +198,18 @@ def correlate(
     mem = members(holdings, portfolio_ids, limit)
     col = cols.get_indexer(mem["symbol"])
     enough = (col >= 0) & (own_obs[np.clip(col, 0, None)] >= min_obs)
-    excluded_frame = mem.loc[~enough, ["portfolio_id", "symbol"]]
-    excluded_by = excluded_frame.groupby("portfolio_id")["symbol"].agg(list)
+    excluded_by: dict[str, list[str]] = {}
+    for pid, symbol in zip(mem["portfolio_id"].to_numpy()[~enough],
+                           mem["symbol"].to_numpy()[~enough], strict=True):
+        excluded_by.setdefault(pid, []).append(symbol)
     mem = mem[enough].copy()
     mem["col"] = col[enough]
-    mem["slot"] = mem.groupby("portfolio_id", sort=False).cumcount()
+    row = mem["row"].to_numpy()
+    # Slot = rank among the kept members of the portfolio (rows are sorted by portfolio).
+    first = np.concatenate([[0], np.flatnonzero(np.diff(row)) + 1]) if len(row) else row
+    slot = np.arange(len(row)) - np.repeat(first, np.diff(np.concatenate([first, [len(row)]])))
     p = len(portfolio_ids)
-    k = int(mem["slot"].max()) + 1 if len(mem) else 1
-    row = portfolio_ids.get_indexer(mem["portfolio_id"])
-    slot = mem["slot"].to_numpy()
+    k = int(slot.max()) + 1 if len(slot) else 1
     index = np.full((p, k), -1, dtype="int64")
     index[row, slot] = mem["col"].to_numpy()
     symbols = np.full((p, k), None, dtype=object)
@@ -180,7 +221,7 @@ def correlate(
 
     padded = np.concatenate([values, np.full((values.shape[0], 1), np.nan)], axis=1)
     x = np.swapaxes(padded[:, np.where(valid, index, values.shape[1])], 0, 1)  # (P, T, K)
-    raw, observations = pairwise_complete(x)
+    raw, observations = pairwise_complete(x, valid)
     both = valid[:, :, None] & valid[:, None, :]
     defined = both & (observations >= min_obs) & np.isfinite(raw)
     eye = np.broadcast_to(np.eye(k, dtype=bool), (p, k, k))
@@ -212,7 +253,7 @@ def correlate(
     average = np.where(n_members >= 2, average, np.nan)
     bets = np.where(n_members >= 1, effective_bets(corr, valid), np.nan)
     labels = cluster_labels(corr, valid)
-    excluded = [list(excluded_by.get(pid, [])) for pid in portfolio_ids]
+    excluded = [excluded_by.get(pid, []) for pid in portfolio_ids]
     return CorrelationResult(
         portfolio_ids=portfolio_ids, symbols=symbols, n_members=n_members, corr=corr,
         observations=observations, labels=labels, average_correlation=average,

@@ -208,12 +208,14 @@ async def write_analytics(
     corr = _round(c.corr)
     summary = [_f(c.average_correlation), _f(c.diversification_ratio), _f(c.effective_bets)]
     corr_records = []
+    triangles: dict[int, tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]] = {}
     for row, pid in enumerate(c.portfolio_ids):
         if pid not in as_uuid:
             continue
         k = int(c.n_members[row])
-        upper = np.triu_indices(k, 1)
-        upper_diag = np.triu_indices(k, 0)
+        if k not in triangles:
+            triangles[k] = (np.triu_indices(k, 1), np.triu_indices(k, 0))
+        upper, upper_diag = triangles[k]
         corr_records.append((
             as_uuid[pid], day, c.window_sessions, c.symbols[row, :k].tolist(),
             corr[row, :k, :k][upper].astype("<f8").tobytes(),
@@ -243,13 +245,10 @@ async def write_analytics(
     pct_gross = _round(s.pct_of_gross).tolist()
     contributions = _round(s.contributions.reshape(n, -1)).astype("<f8")
 
-    def nulls(values: list[float]) -> list[float | None]:
-        return [None if v != v else v for v in values]
-
+    # NaN (an undefined percentage) is stored as NaN in the arrays; readers show null.
     stress_records = [
-        (as_uuid[pid], day, equity[row], scenario_ids, versions, factors, nulls(direct[row]),
-         nulls(correlated[row]), nulls(pct_equity[row]), nulls(pct_gross[row]), moves,
-         contributions[row].tobytes())
+        (as_uuid[pid], day, equity[row], scenario_ids, versions, factors, direct[row],
+         correlated[row], pct_equity[row], pct_gross[row], moves, contributions[row].tobytes())
         for row, pid in enumerate(s.portfolio_ids) if pid in as_uuid
     ]
     await _replace(

@@ -180,7 +180,8 @@ def regression_beta(
 def weighted_beta(book: Book, betas: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Σ beta(risk_symbol) × exposure / base, and the gross share of exposure with a beta."""
     h = book.holdings
-    b = h["risk_symbol"].map(betas).to_numpy(dtype="float64")
+    found = pd.Index(betas.index).get_indexer(h["risk_symbol"].to_numpy())
+    b = np.append(betas.to_numpy(dtype="float64"), np.nan)[found]  # -1 (unknown) -> NaN
     exposure = h["exposure"].to_numpy(dtype="float64")
     has = np.isfinite(b)
     n = len(book.portfolio_ids)
@@ -230,28 +231,30 @@ def concentration(book: Book) -> pd.DataFrame:
 def sector_exposures(book: Book, sectors: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
     """Long frame: portfolio_id, sector, net_weight, gross_weight, symbols (unclassified)."""
     h = book.holdings
-    key = h["risk_symbol"].where(h["risk_symbol"].notna(), h["symbol"])
-    sector = key.map(sectors)
-    sector = sector.where(sector.notna() & (sector.astype(str).str.len() > 0), UNCLASSIFIED)
-    base = pd.Series(book.base, index=book.portfolio_ids)
-    frame = pd.DataFrame(
-        {"row": book.row, "sector": sector.to_numpy(),
-         "net": h["exposure"].to_numpy(dtype="float64"), "symbol": key.to_numpy()}
-    )
-    frame = frame[frame["row"] >= 0]
-    frame["gross"] = frame["net"].abs()
-    grouped = frame.groupby(["row", "sector"], sort=True).agg(
-        net=("net", "sum"), gross=("gross", "sum")
-    ).reset_index()
-    grouped["portfolio_id"] = book.portfolio_ids[grouped["row"].to_numpy()]
-    frame["portfolio_id"] = book.portfolio_ids[frame["row"].to_numpy()]
-    denominator = base.reindex(grouped["portfolio_id"]).to_numpy()
-    grouped["net_weight"] = grouped["net"] / denominator
-    grouped["gross_weight"] = grouped["gross"] / denominator
-    unclassified = (
-        frame[frame["sector"] == UNCLASSIFIED]
-        .drop_duplicates(["portfolio_id", "symbol"])
-        .sort_values(["portfolio_id", "symbol"])
-        .groupby("portfolio_id")["symbol"].agg(list)
-    )
-    return grouped, unclassified
+    key = h["risk_symbol"].where(h["risk_symbol"].notna(), h["symbol"]).to_numpy()
+    found = pd.Index(sectors.index).get_indexer(key)
+    sector = np.append(sectors.to_numpy(dtype=object), None)[found]  # -1 (unknown) -> None
+    sector = np.where(pd.isna(sector) | (sector == ""), UNCLASSIFIED, sector).astype(object)
+    ok = book.row >= 0
+    row, sector, key = book.row[ok], sector[ok], key[ok]
+    net = h["exposure"].to_numpy(dtype="float64")[ok]
+    codes, names = pd.factorize(sector, sort=True)
+    n_sec = max(len(names), 1)
+    keys, inverse = np.unique(row.astype("int64") * n_sec + codes, return_inverse=True)
+    net_sum = np.bincount(inverse, weights=net)
+    gross_sum = np.bincount(inverse, weights=np.abs(net))
+    owner = keys // n_sec
+    denominator = book.base[owner]
+    grouped = pd.DataFrame({
+        "portfolio_id": book.portfolio_ids[owner],
+        "sector": np.asarray(names, dtype=object)[keys % n_sec],
+        "net": net_sum, "gross": gross_sum,
+        "net_weight": net_sum / denominator, "gross_weight": gross_sum / denominator,
+    })
+    lost = sector == UNCLASSIFIED
+    pairs = pd.DataFrame({"row": row[lost], "symbol": key[lost]}).drop_duplicates()
+    pairs = pairs.sort_values(["row", "symbol"], kind="stable")
+    unclassified: dict[str, list[str]] = {}
+    for r, symbol in zip(pairs["row"].to_numpy(), pairs["symbol"].to_numpy(), strict=True):
+        unclassified.setdefault(book.portfolio_ids[r], []).append(symbol)
+    return grouped, pd.Series(unclassified, dtype=object)

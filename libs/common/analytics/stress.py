@@ -127,13 +127,17 @@ class StressResult:
 
 
 def beta_matrix(symbols: pd.Series, betas: pd.DataFrame, factors: list[str]) -> np.ndarray:
-    """(len(symbols), F) betas of each symbol, 0 where it has none."""
-    table = betas.pivot_table(index="symbol", columns="factor_name", values="beta", aggfunc="last")
-    table = table.reindex(columns=factors)
-    rows = table.index.get_indexer(symbols.where(symbols.notna(), ""))
+    """(len(symbols), F) betas of each symbol, 0 where it has none (last row wins)."""
+    f_index = pd.Index(factors)
+    fcol = f_index.get_indexer(betas["factor_name"])
+    known = fcol >= 0
+    s_codes, s_uniques = pd.factorize(betas["symbol"].to_numpy()[known])
+    table = np.zeros((len(s_uniques), len(factors)))
+    values = np.nan_to_num(betas["beta"].to_numpy(dtype="float64")[known], nan=0.0)
+    table[s_codes, fcol[known]] = values
+    rows = pd.Index(s_uniques).get_indexer(symbols.where(symbols.notna(), "").to_numpy())
     out = np.zeros((len(symbols), len(factors)))
-    known = rows >= 0
-    out[known] = np.nan_to_num(table.to_numpy(dtype="float64")[rows[known]], nan=0.0)
+    out[rows >= 0] = table[rows[rows >= 0]]
     return out
 
 
