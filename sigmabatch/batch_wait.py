@@ -1,9 +1,9 @@
 """`sigmabatch trigger nightly` before and after the publish: is there anything to do, and
 `--wait`'s progress (per phase, then per date) and summary.
 
-Everything is read from the database, the one truth the services share: the symbol batch's
-job row (`batch_run_history`, keyed by its target date) for phases and progress, the
-watermark table (`symbol_batch_dates`, a row per completed date, with failures and reasons)
+Everything is read from the database (SQL in `sigmabatch/queries.py`), the one truth the
+services share: the symbol batch's job row (`batch_run_history`, keyed by its target date)
+for phases and progress, the watermark table (`symbol_batch_dates`, a row per completed date, with failures and reasons)
 and, per date, the refresh's plan job and complete snapshots.
 """
 
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from sqlalchemy import text
+from sigmabatch import queries
 
 SYMBOL_BATCH = "symbol_batch"
 REFRESH_PLAN = "portfolio_refresh"
@@ -42,23 +42,17 @@ async def batch_state(database_url: str, target: dt.date) -> BatchState:
     from libs.common.db import session_scope
 
     async with session_scope(database_url) as session:
-        day = (await session.execute(text(
-            "SELECT status, symbols_total, symbols_failed FROM symbol_batch_dates "
-            "WHERE batch_date = :d"), {"d": target})).first()
-        running = (await session.execute(text(
-            "SELECT job_key, current_phase, progress_current, progress_total "
-            "FROM batch_run_history WHERE job_type = :t AND status = 'running' "
-            "ORDER BY started_at DESC LIMIT 1"), {"t": SYMBOL_BATCH})).first()
-        watermark = (await session.execute(text(
-            "SELECT max(batch_date) FROM symbol_batch_dates "
-            "WHERE status IN ('completed', 'partial')"))).scalar_one_or_none()
+        day = await queries.batch_date_row(session, target)
+        running = await queries.running_symbol_batch(session, SYMBOL_BATCH)
+        watermark = await queries.batch_watermark(session)
     return BatchState(
-        date_status=day.status if day else None,
-        symbols_total=day.symbols_total if day else None,
-        symbols_failed=day.symbols_failed if day else None,
-        running_key=running.job_key if running else None,
-        running_phase=running.current_phase if running else None,
-        running_progress=(running.progress_current, running.progress_total) if running else None,
+        date_status=day["status"] if day else None,
+        symbols_total=day["symbols_total"] if day else None,
+        symbols_failed=day["symbols_failed"] if day else None,
+        running_key=running["job_key"] if running else None,
+        running_phase=running["current_phase"] if running else None,
+        running_progress=(running["progress_current"], running["progress_total"])
+        if running else None,
         watermark=watermark,
     )
 
@@ -129,37 +123,16 @@ async def read_progress(database_url: str, key: str, since: dt.datetime) -> Prog
 
     progress = Progress()
     async with session_scope(database_url) as session:
-        job = (await session.execute(text(
-            "SELECT id, job_key, status, phases, started_at, finished_at, error, result "
-            "FROM batch_run_history WHERE job_type = :t AND job_key = :k "
-            "AND coalesce(finished_at, now()) >= :since ORDER BY started_at DESC LIMIT 1"),
-            {"t": SYMBOL_BATCH, "k": key, "since": since})).mappings().first()
-        if job is None:
+        progress.job = await queries.symbol_batch_run(session, SYMBOL_BATCH, key, since)
+        if progress.job is None:
             return progress
-        progress.job = dict(job)
-        dates = await session.execute(text(
-            "SELECT batch_date, status, symbols_total, symbols_failed, failures "
-            "FROM symbol_batch_dates WHERE run_id = :id ORDER BY batch_date"), {"id": job["id"]})
-        progress.dates = [dict(r) for r in dates.mappings()]
-        if progress.dates:
-            refresh = await session.execute(text(
-                """
-                SELECT d AS batch_date,
-                       (SELECT status FROM batch_run_history
-                         WHERE job_type = :plan AND job_key = CAST(d AS text)
-                         ORDER BY started_at DESC LIMIT 1) AS status,
-                       (SELECT progress_total FROM batch_run_history
-                         WHERE job_type = :plan AND job_key = CAST(d AS text)
-                         ORDER BY started_at DESC LIMIT 1) AS planned,
-                       (SELECT count(*) FROM portfolio_snapshots s
-                         WHERE s.snapshot_date = d AND s.is_complete) AS snapshots
-                FROM unnest(CAST(:dates AS date[])) AS d
-                """), {"plan": REFRESH_PLAN, "dates": [d["batch_date"] for d in progress.dates]})
-            for r in refresh.mappings():
-                if r["status"] is not None:
-                    progress.refresh[r["batch_date"]] = {
-                        "status": r["status"], "planned": r["planned"] or 0,
-                        "snapshots": r["snapshots"]}
+        progress.dates = await queries.run_dates(session, progress.job["id"])
+        days = [d["batch_date"] for d in progress.dates]
+        for r in await queries.date_refreshes(session, REFRESH_PLAN, days) if days else []:
+            if r["status"] is not None:
+                progress.refresh[r["batch_date"]] = {
+                    "status": r["status"], "planned": r["planned"] or 0,
+                    "snapshots": r["snapshots"]}
     return progress
 
 

@@ -126,3 +126,55 @@ async def demo_summary(session: AsyncSession, ids: list[uuid.UUID],
         ORDER BY started_at""")
     return {"dates": dates[0], "prices": prices[0], "beta_symbols": betas[0]["symbols"],
             "snapshots": snapshots, "jobs": jobs}
+
+
+# -- sigmabatch trigger nightly [--wait] -----------------------------------------------------
+
+
+async def batch_date_row(session: AsyncSession, day: dt.date) -> dict[str, Any] | None:
+    """The watermark table's row of one date (status, symbols total/failed), if batched."""
+    rows = await _rows(session, "SELECT status, symbols_total, symbols_failed "
+                                "FROM symbol_batch_dates WHERE batch_date = :d", d=day)
+    return rows[0] if rows else None
+
+
+async def running_symbol_batch(session: AsyncSession, job_type: str) -> dict[str, Any] | None:
+    """The newest running symbol batch run (runs are serialised: at most one works)."""
+    rows = await _rows(session, "SELECT job_key, current_phase, progress_current, "
+                                "progress_total FROM batch_run_history WHERE job_type = :t "
+                                "AND status = 'running' ORDER BY started_at DESC LIMIT 1",
+                       t=job_type)
+    return rows[0] if rows else None
+
+
+async def symbol_batch_run(session: AsyncSession, job_type: str, key: str,
+                           since: dt.datetime) -> dict[str, Any] | None:
+    """The run of `key` that was running at or started after `since`."""
+    rows = await _rows(session, "SELECT id, job_key, status, phases, started_at, finished_at, "
+                                "error, result FROM batch_run_history WHERE job_type = :t "
+                                "AND job_key = :k AND coalesce(finished_at, now()) >= :since "
+                                "ORDER BY started_at DESC LIMIT 1", t=job_type, k=key,
+                       since=since)
+    return rows[0] if rows else None
+
+
+async def run_dates(session: AsyncSession, run_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The dates a run completed, with their failures and reasons."""
+    return await _rows(session, "SELECT batch_date, status, symbols_total, symbols_failed, "
+                                "failures FROM symbol_batch_dates WHERE run_id = :id "
+                                "ORDER BY batch_date", id=run_id)
+
+
+async def date_refreshes(session: AsyncSession, plan_job_type: str,
+                         days: list[dt.date]) -> list[dict[str, Any]]:
+    """Per date: the refresh plan's status and planned portfolios, complete snapshots."""
+    return await _rows(session, """
+        SELECT d AS batch_date, p.status, p.progress_total AS planned,
+               (SELECT count(*) FROM portfolio_snapshots s
+                 WHERE s.snapshot_date = d AND s.is_complete) AS snapshots
+        FROM unnest(CAST(:days AS date[])) AS d
+        LEFT JOIN LATERAL (
+            SELECT status, progress_total FROM batch_run_history
+            WHERE job_type = :plan AND job_key = CAST(d AS text)
+            ORDER BY started_at DESC LIMIT 1) p ON true
+        """, plan=plan_job_type, days=days)

@@ -132,3 +132,20 @@ async def test_activity_log_comes_back_in_time_order(settings):
     log = status["activity_log"]
     assert [line["message"] for line in log] == ["first", "second", "third", "fourth"]
     assert [line["timestamp"] for line in log] == sorted(line["timestamp"] for line in log)
+
+
+def test_every_console_file_is_package_data() -> None:
+    """A non-editable install ships the console: each of its files matches a package-data
+    glob of services.status_api in pyproject.toml (what setuptools copies into the wheel)."""
+    import glob
+    import tomllib
+
+    from tests.conftest import REPO_ROOT
+
+    globs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["services.status_api"]
+    package = CONSOLE_DIR.parent
+    files = [p.relative_to(package).as_posix() for p in CONSOLE_DIR.rglob("*") if p.is_file()]
+    assert "console/index.html" in files and len(files) >= 10
+    shipped = {m for g in globs for m in glob.glob(g, root_dir=package)}  # as setuptools expands
+    assert sorted(set(files) - shipped) == []
