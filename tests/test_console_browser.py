@@ -72,6 +72,7 @@ class System:
     user_token: str
     admin_token: str
     history_id: str
+    bare_id: str  # a portfolio that was never onboarded through an upload
     end: dt.date
     dates: list[dt.date]
 
@@ -142,8 +143,13 @@ async def _seed(settings: Settings) -> dict:
                              max_backfill=HISTORY_SESSIONS + 5)
     async with session_scope(url) as session:  # its first snapshot is there: onboarded
         await onboarding_store.finish_completed_onboardings(session, stored.portfolio_id)
+        bare_id = uuid.uuid4()
+        await session.execute(text(
+            "INSERT INTO portfolios (id, user_id, name, equity_balance) "
+            "VALUES (:p, :u, 'Entered by hand', 1000)"), {"p": bare_id, "u": user_id})
     await dispose_engines()
-    return {"history_id": str(stored.portfolio_id), "end": end, "dates": dates}
+    return {"history_id": str(stored.portfolio_id), "bare_id": str(bare_id), "end": end,
+            "dates": dates}
 
 
 @pytest.fixture(scope="module")
@@ -314,6 +320,17 @@ def test_user_signs_in_uploads_and_reads_the_portfolio(system: System, browser) 
     _assert_portfolio_page_equals_api(page, system, system.history_id)
     view.shot("console-portfolio-wide.png")
 
+    # No onboarding status: "status unavailable" only after the contract's grace (≥5
+    # not_found answers and ≥10 s of polling every 2 s), never at the first answer.
+    began = time.monotonic()
+    page.goto(f"{system.url}/#/onboarding/{system.bare_id}")
+    page.wait_for_timeout(4_000)
+    assert page.locator("#status-unavailable").count() == 0
+    page.wait_for_selector("#status-unavailable", timeout=40_000)
+    assert time.monotonic() - began >= 10.0
+    assert api(system, f"/api/v1/onboarding/status/{system.bare_id}",
+               system.user_token).json()["status"] == "not_found"
+
     page.goto(f"{system.url}/#/portfolio/{uuid.uuid4()}")
     page.wait_for_selector(".error-box")
     assert "Portfolio not found (404)" in page.inner_text(".error-box")
@@ -424,7 +441,7 @@ def test_docs_render_offline(system: System, browser) -> None:
             route.abort()
 
     view.page.route("**/*", guard)
-    view.page.goto(system.url + "/docs")
+    view.page.goto(system.url + "/docs", wait_until="domcontentloaded")
     view.page.wait_for_selector(".swagger-ui .opblock-tag", timeout=30_000)
     assert "/api/v1/portfolios" in view.page.inner_text(".swagger-ui")
     assert outside == []

@@ -612,7 +612,7 @@
           h("thead", {}, h("tr", {}, ["Scenario", "Category", "Direct impact", "Correlated impact", "% of equity"].map(
             (c, i) => h("th", { class: i > 1 ? "num" : "" }, c)))),
           h("tbody", {}, stress.map((s) => h("tr", { dataset: { scenario: s.scenario } },
-            h("td", {}, s.scenario), h("td", {}, s.category || ""),
+            h("td", {}, s.name || s.scenario), h("td", {}, s.category || ""),
             h("td", { class: `num ${signClass(s.direct_impact)}` }, money(s.direct_impact)),
             h("td", { class: `num ${signClass(s.correlated_impact)}` }, money(s.correlated_impact)),
             h("td", { class: "num" }, pct(s.impact_pct_of_equity)))))))));
