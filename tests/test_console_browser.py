@@ -318,6 +318,15 @@ def test_user_signs_in_uploads_and_reads_the_portfolio(system: System, browser) 
     page.goto(f"{system.url}/#/portfolio/{system.history_id}")
     page.wait_for_selector("#chart-equity .uplot")
     _assert_portfolio_page_equals_api(page, system, system.history_id)
+    risk = api(system, f"/api/v1/portfolios/{system.history_id}/risk?date={system.end}",
+               system.user_token)
+    if risk.status_code == 200:  # the refresh computes analytics (docs/design.md §10)
+        page.wait_for_selector("#risk")
+        for key in ("volatility_21d", "top3_weight"):
+            value = risk.json()[key]
+            shown = "—" if value is None else \
+                f"{Decimal(repr(value * 100)).quantize(Decimal('0.01'), ROUND_HALF_UP):,.2f}%"
+            assert page.inner_text(f'#risk [data-figure="{key}"]') == shown, key
     view.shot("console-portfolio-wide.png")
 
     # No onboarding status: "status unavailable" only after the contract's grace (≥5

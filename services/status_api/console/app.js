@@ -632,7 +632,11 @@
           h("thead", {}, h("tr", {}, h("th", {}, ""), symbols.map((s) => h("th", {}, s)))),
           h("tbody", {}, symbols.map((s, i) => h("tr", {}, h("th", {}, s), (correlations.matrix[i] || []).map(cell))))))));
     }
-    if (panels.length) area.append(h("div", { class: "grid two" }, panels));
+    // risk and correlations side by side; the stress table is wide, so it takes a full row
+    const stressPanel = panels.find((p) => p.id === "stress");
+    const others = panels.filter((p) => p !== stressPanel);
+    if (others.length) area.append(h("div", { class: "grid two" }, others));
+    if (stressPanel) area.append(stressPanel);
   }
 
   // ---------------------------------------------------------------- operations
