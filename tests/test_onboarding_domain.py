@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from libs.common.onboarding.domain import default_equity, final_status, progress
+from libs.common.domain.equity import net_entry_value as default_equity
+from libs.common.domain.onboarding import progress
+from libs.common.domain.statuses import onboarding_final_status as final_status
 from libs.common.portfolio_csv import parse_portfolio_csv
 from tests.test_api_helpers import csv_bytes
 

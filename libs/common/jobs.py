@@ -25,11 +25,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.db import session_scope
+from libs.common.domain.statuses import FINAL_JOB_STATUSES as FINAL_STATUSES
+from libs.common.domain.statuses import JobStatus
 
 log = logging.getLogger(__name__)
 
-RUNNING, COMPLETED, PARTIAL, FAILED = "running", "completed", "partial", "failed"
-FINAL_STATUSES = (COMPLETED, PARTIAL, FAILED)
+RUNNING, COMPLETED, PARTIAL, FAILED = (
+    JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.PARTIAL, JobStatus.FAILED,
+)
 
 
 class JobAlreadyRunning(Exception):

@@ -28,7 +28,6 @@ are used only inside the vectorised math.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -38,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from libs.common.domain.options import OPTION_MULTIPLIER, black_scholes
-from libs.common.portfolio_csv import CASH_SYMBOLS, PRIVATE_MARKERS
+from libs.common.domain.symbols import InvestmentClass, carried_mask
 
 TRADING_DAYS_PER_YEAR = 252
 DEFAULT_RISK_FREE_RATE = 0.04
@@ -51,9 +50,6 @@ SOURCE_STALE = "stale"
 SOURCE_MODEL = "model"
 SOURCE_CARRIED = "carried"
 SOURCE_ENTRY = "entry"
-
-#: Subtypes with no market data of their own: carried at entry (or manual) value.
-CARRIED_SUBTYPES = frozenset({"CASH", "MONEY_MARKET"})
 
 POSITION_COLUMNS = (
     "position_id",
@@ -130,7 +126,7 @@ def normalise_positions(positions: pd.DataFrame) -> pd.DataFrame:
     pos["option_type"] = _upper(pos["option_type"])
     pos["symbol"] = _upper(pos["symbol"])
     pos["underlying_symbol"] = _upper(pos["underlying_symbol"])
-    is_option = pos["investment_class"].eq("OPTIONS")
+    is_option = pos["investment_class"].eq(InvestmentClass.OPTIONS)
     pos["is_option"] = is_option
     pos["multiplier"] = np.where(is_option, OPTION_MULTIPLIER, 1).astype("int64")
     # manual_value is the whole position's mark; per unit it is a price like any other.
@@ -141,25 +137,14 @@ def normalise_positions(positions: pd.DataFrame) -> pd.DataFrame:
 
 
 def is_carried_asset(pos: pd.DataFrame) -> pd.Series:
-    """Assets valued at entry/manual price: private, cash, synthetic names.
+    """Assets valued at entry/manual price (the rulebook's `domain.symbols.carried_mask`).
 
-    The same rule as the upload parser's `is_non_market_symbol`: these are never sent to a
-    market-data provider (docs/design.md §5), so they have no quotes, and flagging them stale every
-    day would hide real staleness.
+    These never reach a market-data provider (docs/design.md §5), so they have no quotes, and
+    flagging them stale every day would hide real staleness. An explicit PUBLIC class is
+    priced like any listed symbol whatever its name (REIT, FUND).
     """
-    is_option = pos["investment_class"].eq("OPTIONS")
-    symbol = pos["symbol"]
-    non_market = (
-        symbol.str.contains("_", regex=False)
-        | symbol.isin(CASH_SYMBOLS)
-        | symbol.str.match(r"^[A-Z]{3}XX$")  # money-market sweep funds
-        | symbol.str.contains("|".join(map(re.escape, PRIVATE_MARKERS)), regex=True)
-    )
-    return (
-        pos["investment_class"].eq("PRIVATE")
-        | pos["investment_subtype"].isin(CARRIED_SUBTYPES)
-        | (non_market & ~is_option)
-        | pos["manual_value"].notna()
+    return carried_mask(
+        pos["symbol"], pos["investment_class"], pos["investment_subtype"], pos["manual_value"].notna()
     )
 
 

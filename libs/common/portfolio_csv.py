@@ -28,9 +28,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from enum import StrEnum
 
-from libs.common.market_data.base import provider_exclusion
+from libs.common.domain.options import OPTION_MULTIPLIER
+from libs.common.domain.symbols import (
+    OCC_SYMBOL,
+    VALID_SUBTYPES,
+    InvestmentClass,
+    detect_investment_class,
+    is_cash_symbol,
+    market_data_symbol,
+)
 
 HEADER: tuple[str, ...] = (
     "Symbol",
@@ -54,37 +61,6 @@ MAX_SYMBOL_LENGTH = 32
 MAX_QUANTITY_DECIMALS = 6
 MAX_PRICE_DECIMALS = 4
 EARLIEST_DATE = date(1900, 1, 1)
-OPTION_MULTIPLIER = 100
-
-
-class InvestmentClass(StrEnum):
-    PUBLIC = "PUBLIC"
-    OPTIONS = "OPTIONS"
-    PRIVATE = "PRIVATE"
-
-
-VALID_SUBTYPES: dict[InvestmentClass, tuple[str, ...]] = {
-    InvestmentClass.PUBLIC: ("STOCK", "ETF", "MUTUAL_FUND", "BOND", "CASH"),
-    InvestmentClass.OPTIONS: ("CALL", "PUT"),
-    InvestmentClass.PRIVATE: (
-        "PRIVATE_EQUITY", "VENTURE_CAPITAL", "HEDGE_FUND", "PRIVATE_REIT", "REAL_ESTATE",
-        "CRYPTOCURRENCY", "CRYPTO", "ART", "MONEY_MARKET", "TREASURY_BILLS", "CASH",
-        "COMMODITY", "OTHER",
-    ),
-}
-
-# Markers the reference seeder uses to recognise private / alternative holdings by name.
-PRIVATE_MARKERS = (
-    "PRIVATE", "FUND", "_VC_", "_PE_", "REIT", "SIGMA", "HOME_", "RENTAL_", "ART_", "CRYPTO_",
-    "TREASURY", "MONEY_MARKET", "FO_",
-)
-# Cash and sweep money-market funds: held at 1.00, never priced by a provider.
-CASH_SYMBOLS = frozenset({
-    "CASH", "USD", "SPAXX", "FDRXX", "FZFXX", "SPRXX", "SWVXX", "SNVXX", "VMFXX", "VMRXX",
-    "SNSXX", "TTTXX",
-})
-
-OCC_SYMBOL = re.compile(r"^(?P<root>[A-Z]{1,6})(?P<expiry>\d{6})(?P<cp>[CP])(?P<strike>\d{8})$")
 SYMBOL_CHARS = re.compile(r"^[A-Z0-9][A-Z0-9._\-]*$")
 DECIMAL_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 ISO_DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -131,19 +107,9 @@ class ParsedPosition:
 
     @property
     def market_data_symbol(self) -> str | None:
-        """The symbol whose price history this position needs; None if it needs none.
-
-        Options are valued from their underlying; private assets and cash are carried at
-        entry value and are never sent to a market data provider.
-        """
-        if self.investment_class is InvestmentClass.OPTIONS:
-            return self.underlying_symbol
-        if self.investment_class is InvestmentClass.PRIVATE:
-            return None
-        if (is_non_market_symbol(self.symbol) or self.investment_subtype == "CASH"
-                or provider_exclusion(self.symbol, self.investment_class.value) is not None):
-            return None
-        return self.symbol
+        """The symbol whose price history this position needs (domain.symbols rule)."""
+        return market_data_symbol(self.symbol, self.investment_class, self.investment_subtype,
+                                  self.underlying_symbol)
 
     def identity(self) -> tuple[object, ...]:
         """Every parsed value except the line number: equal identities = duplicate rows."""
@@ -162,18 +128,6 @@ class ParseResult:
     @property
     def ok(self) -> bool:
         return not self.problems and bool(self.positions)
-
-
-def is_non_market_symbol(symbol: str) -> bool:
-    """Private/synthetic/cash names that no market data provider knows (docs/design.md §5)."""
-    upper = symbol.upper()
-    return "_" in upper or upper in CASH_SYMBOLS or any(m in upper for m in PRIVATE_MARKERS)
-
-
-def is_cash_symbol(symbol: str) -> bool:
-    """Cash and money-market sweep funds (SPAXX, VMFXX, ...): held at 1.00."""
-    upper = symbol.upper()
-    return upper in CASH_SYMBOLS or provider_exclusion(upper) == "cash or money market"
 
 
 def latest_allowed_date(now: datetime | None = None) -> date:
@@ -417,11 +371,7 @@ class _RowValidator:
                     f"Investment Class '{self.cells['Investment Class']}' is not one of "
                     "PUBLIC, OPTIONS, PRIVATE (or leave it blank to have it detected)."))
                 return None
-        if has_option_fields or OCC_SYMBOL.match(symbol):
-            return InvestmentClass.OPTIONS
-        if symbol and symbol not in CASH_SYMBOLS and is_non_market_symbol(symbol):
-            return InvestmentClass.PRIVATE
-        return InvestmentClass.PUBLIC
+        return detect_investment_class(symbol, has_option_fields)
 
     def _option_fields(self) -> tuple[str | None, Decimal | None, date | None, str | None]:
         c = self.cells

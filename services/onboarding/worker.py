@@ -26,14 +26,14 @@ from libs.common import market_store
 from libs.common.bus import Delivery
 from libs.common.calendar import effective_trading_date, sessions_between
 from libs.common.db import raw_connection, session_scope
+from libs.common.domain.statuses import SETTLED_SYMBOL_STATUSES as SETTLED
+from libs.common.domain.statuses import JobStatus, SymbolStatus
 from libs.common.events import SymbolOnboardCompleted, SymbolOnboardRequested
 from libs.common.factor_definitions import seed_factor_definitions
 from libs.common.factors import FACTOR_ETFS, compute_exposures, daily_returns
-from libs.common.jobs import FAILED as JOB_FAILED
 from libs.common.jobs import Job, JobAlreadyRunning
 from libs.common.market_data.base import MarketDataProvider
 from libs.common.onboarding import store
-from libs.common.onboarding.domain import FAILED, READY, SETTLED
 from libs.common.service import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -82,21 +82,21 @@ class OnboardingWorker:
             except Exception as exc:
                 if not last_try:
                     # Close this attempt's job row so the next delivery starts at once; nak.
-                    await self.ctx.jobs.finish(job, JOB_FAILED,
+                    await self.ctx.jobs.finish(job, JobStatus.FAILED,
                                                error=f"{type(exc).__name__}: {exc} (will retry)")
                     raise
-                outcome = FetchOutcome(FAILED, f"{type(exc).__name__}: {exc}")
-            if outcome.status == FAILED and not outcome.recorded:
+                outcome = FetchOutcome(SymbolStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            if outcome.status == SymbolStatus.FAILED and not outcome.recorded:
                 async with session_scope(self.ctx.database_url) as session:
-                    await store.settle_symbol(session, symbol, FAILED, outcome.reason)
-                    await self.ctx.jobs.finish(job, JOB_FAILED, error=outcome.reason,
+                    await store.settle_symbol(session, symbol, SymbolStatus.FAILED, outcome.reason)
+                    await self.ctx.jobs.finish(job, JobStatus.FAILED, error=outcome.reason,
                                                session=session)
         except asyncio.CancelledError:
             beat.cancel()
             # Shutdown (SIGTERM): release the job row so the redelivery starts at once instead
             # of waiting for it to go stale; the bus naks the message.
             with contextlib.suppress(Exception):
-                await self.ctx.jobs.finish(job, JOB_FAILED, error="interrupted by shutdown")
+                await self.ctx.jobs.finish(job, JobStatus.FAILED, error="interrupted by shutdown")
             raise
         except BaseException:
             beat.cancel()
@@ -122,7 +122,7 @@ class OnboardingWorker:
             if not await store.mark_symbol_running(session, symbol):
                 state = await store.symbol_status(session, symbol)
                 await self.ctx.jobs.finish(job, session=session)
-                return FetchOutcome(state or READY, "already onboarded", recorded=True)
+                return FetchOutcome(state or SymbolStatus.READY, "already onboarded", recorded=True)
         end = effective_trading_date(dt.datetime.now(dt.UTC))
         start = end - dt.timedelta(days=HISTORY_DAYS)
 
@@ -131,7 +131,7 @@ class OnboardingWorker:
         bars = result.bars[result.bars["symbol"] == symbol] if len(result.bars) else result.bars
         if bars.empty:
             reason = result.failures.get(symbol) or "the market data provider has no prices"
-            return FetchOutcome(FAILED, reason)
+            return FetchOutcome(SymbolStatus.FAILED, reason)
         etf_bars = await self._factor_etf_bars(start, end)
 
         await self.ctx.jobs.phase(job, "profile", total=1, unit="symbols")
@@ -168,10 +168,10 @@ class OnboardingWorker:
             )
             reason = (f"{len(bars)} daily prices to {latest}, "
                       f"{exposures['factor'].nunique() if len(exposures) else 0} factor betas")
-            await store.settle_symbol(session, symbol, READY, reason)
+            await store.settle_symbol(session, symbol, SymbolStatus.READY, reason)
             await self.ctx.jobs.finish(job, result={"prices": len(bars), "latest": str(latest)},
                                        session=session)
-        return FetchOutcome(READY, reason)
+        return FetchOutcome(SymbolStatus.READY, reason)
 
     async def _factor_etf_bars(self, start: dt.date, end: dt.date) -> pd.DataFrame:
         """Factor ETF history from the cache; fetched (and cached) only where it is thin."""

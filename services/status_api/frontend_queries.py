@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.common.domain.statuses import JobStatus
 from libs.common.snapshots.refresh import JOB_REQUEST as REFRESH_REQUEST_JOB
 
 MAX_LOG_LINES = 5000
@@ -102,12 +103,12 @@ async def run_status(session: AsyncSession, portfolio_id: uuid.UUID,
          "keys": [] if day is None else [f"{portfolio_id}:{day.isoformat()}",
                                          f"refresh:{portfolio_id}:{day.isoformat()}"]},
     )).mappings().one()
-    if row["done"] or row["job_status"] in ("completed", "partial"):
-        status = "completed"
-    elif row["job_status"] == "failed":
-        status = "failed"
+    if row["done"] or row["job_status"] in (JobStatus.COMPLETED, JobStatus.PARTIAL):
+        status = JobStatus.COMPLETED
+    elif row["job_status"] == JobStatus.FAILED:
+        status = JobStatus.FAILED
     else:  # queued on the bus or being computed
-        status = "running"
+        status = JobStatus.RUNNING
     return {"status": status, "started_at": row["started_at"], "finished_at": row["finished_at"]}
 
 

@@ -17,8 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Caller
 from libs.common.db import session_scope
+from libs.common.domain.onboarding import PHASES, progress
+from libs.common.domain.statuses import (
+    OnboardingStatus,
+    onboarding_final_status,
+)
 from libs.common.onboarding import store
-from libs.common.onboarding.domain import PHASES, progress
 from libs.common.snapshots.refresh import JOB_REQUEST as REFRESH_REQUEST_JOB
 
 # The activity log is in time order: a line's timestamp is its transaction's start, so a
@@ -62,12 +66,12 @@ async def onboarding_status(
         return None
     if row["status"] is None:
         # Every field present (as null/empty): the web frontend's progress page reads them.
-        return {"portfolio_id": portfolio_id, "status": "not_found", "mode": None,
+        return {"portfolio_id": portfolio_id, "status": OnboardingStatus.NOT_FOUND, "mode": None,
                 "started_at": None, "elapsed_seconds": 0, "overall_progress": None,
                 "current_phase_progress": None, "phases": [], "activity_log": [],
                 "snapshot_date": None, "failed_symbols": [], "error": None}
     status = row["status"]
-    if status == "running" and (row["snapshot_done"] or row["snapshot_error"]):
+    if status == OnboardingStatus.RUNNING and (row["snapshot_done"] or row["snapshot_error"]):
         # The outcome arrived since the last look: record it once (idempotent), then re-read.
         async with session_scope(database_url) as session:
             if row["snapshot_done"]:
@@ -78,16 +82,17 @@ async def onboarding_status(
                 changed = True
         if changed:
             return await onboarding_status(pool, database_url, portfolio_id, user_id)
-        status = "partial" if row["failed_symbols"] else "completed"
+        status = onboarding_final_status(row["failed_symbols"] or [])
     now = dt.datetime.now(dt.UTC)
-    finished = row["finished_at"] or (now if status == "running" else None)
-    snapshot_done = bool(row["snapshot_done"]) or status in ("completed", "partial")
+    finished = row["finished_at"] or (now if status == OnboardingStatus.RUNNING else None)
+    snapshot_done = bool(row["snapshot_done"]) or status in (
+        OnboardingStatus.COMPLETED, OnboardingStatus.PARTIAL)
     prog = progress(
         symbols_total=row["symbols_total"],
         symbols_settled=row["symbols_settled"],
         snapshot_requested=row["snapshot_requested_at"] is not None,
         snapshot_done=snapshot_done,
-        failed=status == "failed",
+        failed=status == OnboardingStatus.FAILED,
     )
     durations = _phase_durations(row)
     phases = [

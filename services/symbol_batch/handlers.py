@@ -33,11 +33,13 @@ import pandas as pd
 from libs.common import calendar, market_store
 from libs.common.bus import Delivery, TransientError
 from libs.common.db import asyncpg_dsn, session_scope
+from libs.common.domain.statuses import batch_final_status
+from libs.common.domain.symbols import InvestmentClass, provider_exclusion
 from libs.common.events import BatchNightlyRequested, SymbolBatchCompleted
 from libs.common.factor_definitions import seed_factor_definitions
 from libs.common.factors import FACTOR_ETFS, LOOKBACK_SESSIONS, compute_exposures, daily_returns
 from libs.common.jobs import COMPLETED, PARTIAL, Job, JobAlreadyRunning, JobTracker
-from libs.common.market_data.base import MarketDataProvider, provider_exclusion
+from libs.common.market_data.base import MarketDataProvider
 from libs.common.service import ServiceContext
 from services.symbol_batch import store
 from services.symbol_batch.store import JOB_TYPE
@@ -72,7 +74,7 @@ def build_universe(
     symbols: set[str] = set(etfs)
     skipped: dict[str, str] = {}
     for symbol, asset_type in rows:
-        klass = "PRIVATE" if (asset_type or "").upper() == "PRIVATE" else None
+        klass = InvestmentClass.PRIVATE if (asset_type or "").upper() == InvestmentClass.PRIVATE else None
         reason = provider_exclusion(symbol, klass)
         if reason is None:
             symbols.add(symbol.strip().upper())
@@ -104,7 +106,7 @@ class RunOutcome:
 
     @property
     def status(self) -> str:
-        return PARTIAL if self.failures else COMPLETED
+        return batch_final_status(len(self.failures))
 
 
 # --- the handler ------------------------------------------------------------------------

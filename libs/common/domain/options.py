@@ -149,7 +149,7 @@ def delta_dollars(delta: Any, quantity: Any, spot: Any, multiplier: Any = OPTION
     """Dollar delta of option positions: Δ × quantity × multiplier × spot.
 
     The value of underlying the position behaves like (a long put is negative). Divided by
-    the portfolio's equity this is the position's delta-adjusted weight (DESIGN §7).
+    the portfolio's equity this is the position's delta-adjusted weight (docs/design.md §7).
     """
     return (
         np.asarray(delta, dtype="float64")

@@ -7,7 +7,6 @@ the run ``partial`` (never silently complete).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -15,35 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
+from libs.common.domain.symbols import provider_exclusion
+
 PRICE_COLUMNS = ["symbol", "date", "open", "high", "low", "close", "adj_close", "volume", "source"]
-
-# Money market funds (SPAXX, FDRXX, VMFXX, SWVXX ...) are 5-letter tickers ending in XX.
-_CASH = re.compile(r"^[A-Z]{3}XX$")
-_CASH_NAMES = {"CASH", "USD", "CASH_USD", "MONEY_MARKET"}
-# OCC option symbols are priced from their underlying, never fetched as a ticker.
-_OCC_OPTION = re.compile(r"^[A-Z]{1,6}\d{6}[CP]\d{8}$")
-
-
-def provider_exclusion(symbol: str, investment_class: str | None = None) -> str | None:
-    """Why ``symbol`` must never be sent to a market data provider, or None if it may.
-
-    Private assets (class PRIVATE), synthetic/internal names (any ``_``, as in
-    ``PRIVATE_FUND_A`` or ``SPY_C450_20240315``), cash and money market sweep funds, and OCC
-    option contracts never leave the system.
-    """
-    sym = symbol.strip().upper()
-    if (investment_class or "").upper() == "PRIVATE":
-        return "private asset"
-    if "_" in sym:
-        return "synthetic or private symbol"
-    if sym in _CASH_NAMES or _CASH.match(sym):
-        return "cash or money market"
-    if _OCC_OPTION.match(sym):
-        return "option contract (priced from its underlying)"
-    if not sym:
-        return "empty symbol"
-    return None
-
 
 def empty_prices() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in PRICE_COLUMNS})

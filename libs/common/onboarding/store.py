@@ -20,8 +20,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.db import raw_connection
+from libs.common.domain.statuses import OnboardingStatus, SymbolStatus
 from libs.common.factors import FACTOR_ETFS
-from libs.common.onboarding.domain import FAILED, P_RUNNING, PENDING, READY
 from libs.common.onboarding.limits import NewSymbolLimits, check_daily_quota, check_upload_size
 from libs.common.portfolio_csv import ParsedPosition
 
@@ -371,7 +371,7 @@ async def settle_symbol(
     session: AsyncSession, symbol: str, status: str, reason: str | None
 ) -> None:
     """ready/failed, plus one activity line on every portfolio waiting for the symbol."""
-    assert status in (READY, FAILED)
+    assert status in (SymbolStatus.READY, SymbolStatus.FAILED)
     await session.execute(
         text(
             "UPDATE symbol_onboarding SET status = :status, reason = :reason, finished_at = now() "
@@ -379,7 +379,7 @@ async def settle_symbol(
         ),
         {"s": symbol, "status": status, "reason": reason},
     )
-    message = (f"{symbol} is ready: {reason}." if status == READY
+    message = (f"{symbol} is ready: {reason}." if status == SymbolStatus.READY
                else f"{symbol} could not be fetched: {reason}.")
     await session.execute(
         text(
@@ -391,8 +391,8 @@ async def settle_symbol(
             WHERE pos.symbol = :s AND po.status = :running
             """
         ),
-        {"s": symbol, "level": "info" if status == READY else "warning", "message": message,
-         "running": P_RUNNING},
+        {"s": symbol, "level": "info" if status == SymbolStatus.READY else "warning", "message": message,
+         "running": OnboardingStatus.RUNNING},
     )
 
 
@@ -415,7 +415,7 @@ async def unsettled_symbols(
                       AND j.heartbeat_at > now() - make_interval(secs => :stale)))
             """
         ),
-        {"pending": PENDING, "min_age": min_age_seconds, "stale": stale_after_seconds},
+        {"pending": SymbolStatus.PENDING, "min_age": min_age_seconds, "stale": stale_after_seconds},
     )
     return [r.symbol for r in rows]
 

@@ -26,15 +26,11 @@ from decimal import Decimal
 from sqlalchemy.exc import IntegrityError
 
 from libs.common.db import session_scope
+from libs.common.domain.equity import net_entry_value
+from libs.common.domain.onboarding import ACCOUNT_TYPES, MAX_ACCOUNT_NAME_LENGTH
+from libs.common.domain.statuses import OnboardingMode, OnboardingStatus, onboarding_final_status
 from libs.common.events import SymbolOnboardRequested
 from libs.common.onboarding import store
-from libs.common.onboarding.domain import (
-    ACCOUNT_TYPES,
-    MAX_ACCOUNT_NAME_LENGTH,
-    MODE_ASYNC,
-    MODE_INSTANT,
-    default_equity,
-)
 from libs.common.onboarding.limits import NewSymbolLimitExceeded, NewSymbolLimits
 from libs.common.onboarding.snapshot_requests import (
     Publish,
@@ -172,7 +168,7 @@ async def upload_portfolio(
         parsed = parse_portfolio_csv(data, today=latest_allowed_date())
     problems.extend(parsed.problems)
     if not problems and equity is None:
-        equity = default_equity(parsed.positions)
+        equity = net_entry_value(parsed.positions)
         if equity <= 0:
             problems.append(CsvProblem(None, "equity_balance", (
                 f"The positions' net entry value is {equity} (a net short or zero book), "
@@ -219,7 +215,7 @@ async def upload_portfolio(
             requests = await store.request_snapshot_if_ready(
                 session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
 
-    status = "running"
+    status = OnboardingStatus.RUNNING
     if requests and snapshot_maker is not None:
         try:
             await snapshot_maker(stored.portfolio_id, requests[0].as_of)
@@ -231,7 +227,7 @@ async def upload_portfolio(
             requests_to_publish = []
             async with session_scope(database_url) as session:
                 if await store.finish_completed_onboardings(session, stored.portfolio_id):
-                    status = "partial" if requests[0].failed_symbols else "completed"
+                    status = onboarding_final_status(requests[0].failed_symbols)
         await publish_snapshot_requests(publish, requests_to_publish)
     else:
         await publish_snapshot_requests(publish, requests)
@@ -242,7 +238,8 @@ async def upload_portfolio(
         symbols_known=stored.symbols_known,
         symbols_queued=stored.symbols_queued,
         status=status,
-        mode=MODE_ASYNC if (stored.symbols_queued or stored.symbols_failed) else MODE_INSTANT,
+        mode=OnboardingMode.ASYNC if (stored.symbols_queued or stored.symbols_failed)
+        else OnboardingMode.INSTANT,
         name=clean_name,
         equity_balance=equity,
         account_name=account.name if account else None,

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from libs.common import bus
 from libs.common.auth import Caller, TokenCache
 from libs.common.config import Settings
+from libs.common.domain.statuses import FINISHED_ONBOARDING_STATUSES
 from libs.common.events import Message
 from libs.common.onboarding.upload import SnapshotMaker
 
@@ -45,7 +46,7 @@ class Metrics:
         )
 
 
-FINISHED = frozenset({"completed", "partial", "failed"})
+FINISHED = FINISHED_ONBOARDING_STATUSES
 
 
 class FinishedStatusCache:

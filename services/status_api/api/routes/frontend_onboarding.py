@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from libs.common import bus
+from libs.common.domain.onboarding import ACCOUNT_TYPES
 from libs.common.events import PortfolioRefreshRequested
-from libs.common.onboarding.domain import ACCOUNT_TYPES
 from libs.common.onboarding.limits import NewSymbolLimitExceeded, NewSymbolLimits
 from libs.common.onboarding.upload import DuplicateAccountName, UploadRejected, upload_portfolio
 from libs.common.portfolio_csv import HEADER_LINE, MAX_UPLOAD_BYTES, CsvProblem

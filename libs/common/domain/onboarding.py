@@ -1,25 +1,16 @@
-"""Onboarding rules with no I/O: what a portfolio waits for, and how far along it is.
+"""Onboarding progress rules with no I/O: what a portfolio waits for, and how far along it is.
 
 A portfolio's onboarding has three phases: the upload itself (validated and stored in the
 request), the symbols it needs that the system did not know (fetched by onboarding workers,
-shared across every portfolio that waits for them), and its first snapshot.
+shared across every portfolio that waits for them), and its first snapshot. How it ends is
+`statuses.onboarding_final_status`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 
-from libs.common.portfolio_csv import ParsedPosition
-
-# Symbol onboarding states (symbol_onboarding.status).
-PENDING, RUNNING, READY, FAILED = "pending", "running", "ready", "failed"
-SETTLED = frozenset({READY, FAILED})
-
-# Portfolio onboarding states (portfolio_onboarding.status), docs/design.md §9.
-P_RUNNING, P_COMPLETED, P_PARTIAL, P_FAILED = "running", "completed", "partial", "failed"
-MODE_INSTANT, MODE_ASYNC = "v2_instant", "v2_async"
+from libs.common.domain.statuses import PhaseStatus
 
 PHASES: tuple[tuple[str, str], ...] = (
     ("upload", "Validate and store positions"),
@@ -28,28 +19,6 @@ PHASES: tuple[tuple[str, str], ...] = (
 )
 # Share of the overall percentage each phase stands for (fetching dominates the wait).
 PHASE_WEIGHTS = {"upload": 10.0, "symbols": 75.0, "snapshot": 15.0}
-
-
-def market_data_symbols(positions: Iterable[ParsedPosition]) -> list[str]:
-    """Distinct symbols whose price history the positions need, sorted."""
-    return sorted({s for p in positions if (s := p.market_data_symbol) is not None})
-
-
-def default_equity(positions: Iterable[ParsedPosition]) -> Decimal:
-    """Net entry value (longs minus shorts, options at their premium).
-
-    The starting equity when the upload does not state one: the capital the positions
-    represent. For a long-only book it is what was invested; for a long/short book it is
-    the net, which is what P&L returns are measured against.
-    """
-    total = sum((p.entry_value for p in positions), Decimal(0))
-    return total.quantize(Decimal("0.01"))
-
-
-def final_status(failed_symbols: Iterable[str], snapshot_failed: bool = False) -> str:
-    if snapshot_failed:
-        return P_FAILED
-    return P_PARTIAL if list(failed_symbols) else P_COMPLETED
 
 
 @dataclass(frozen=True)
@@ -63,7 +32,7 @@ class Progress:
     phase_current: int
     phase_total: int
     phase_unit: str
-    phase_states: tuple[str, ...]  # per phase: pending / running / completed / failed
+    phase_states: tuple[PhaseStatus, ...]
 
 
 def progress(
@@ -75,24 +44,27 @@ def progress(
     failed: bool = False,
 ) -> Progress:
     """Where an onboarding is, from counts the database holds."""
+    done, running, pending, failed_ = (
+        PhaseStatus.COMPLETED, PhaseStatus.RUNNING, PhaseStatus.PENDING, PhaseStatus.FAILED,
+    )
     symbols_done = symbols_settled >= symbols_total
+    states: tuple[PhaseStatus, ...]
     if snapshot_done:
-        states = ("completed", "completed", "completed")
+        states = (done, done, done)
     elif failed:
-        states = ("completed", "completed" if symbols_done else "failed",
-                  "failed" if symbols_done else "pending")
+        states = (done, done if symbols_done else failed_, failed_ if symbols_done else pending)
     elif symbols_done:
-        states = ("completed", "completed", "running" if snapshot_requested else "pending")
+        states = (done, done, running if snapshot_requested else pending)
     else:
-        states = ("completed", "running", "pending")
+        states = (done, running, pending)
     symbol_share = symbols_settled / symbols_total if symbols_total else 1.0
     percent = PHASE_WEIGHTS["upload"] + PHASE_WEIGHTS["symbols"] * symbol_share
     if snapshot_done:
         percent = 100.0
-    if "running" in states:
-        index = states.index("running")
-    elif "failed" in states:
-        index = states.index("failed")
+    if running in states:
+        index = states.index(running)
+    elif failed_ in states:
+        index = states.index(failed_)
     else:
         index = len(states) - 1
     key = PHASES[index][0]
@@ -105,7 +77,7 @@ def progress(
     return Progress(
         current_phase=index + 1,
         phase_name=PHASES[index][1],
-        phases_completed=states.count("completed"),
+        phases_completed=states.count(done),
         percent=round(percent, 1),
         phase_current=current,
         phase_total=total,
