@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from decimal import Decimal
 
 import pandas as pd
@@ -95,5 +96,11 @@ def test_exposures_from_pnl_output() -> None:
     equity = pd.DataFrame({"portfolio_id": ["P"], "equity": [20_000.0]})
     result = compute_exposures(refreshed.positions, BETAS, equity)
     market = result.portfolios.set_index("factor_name").loc["market"]
-    # MSFT: 0.8 * (-4000 / 20000) ; option (1 * 20 * 100 = 2000): 1.0 * 0.1
-    assert market["exposure"] == pytest.approx(-0.16 + 0.1)
+    # MSFT: 0.8 * (-4000 / 20000); the option is delta-adjusted, not premium-weighted:
+    # Δ × 1 × 100 × 510 / 20000 × 1.0, Δ = N(d1) with the default inputs (r 4%, vol 30%)
+    years = (dt.date(2024, 6, 21) - day).days / 365
+    d1 = (math.log(510 / 500) + (0.04 + 0.3**2 / 2) * years) / (0.3 * math.sqrt(years))
+    delta = 0.5 * (1 + math.erf(d1 / math.sqrt(2)))
+    assert market["exposure"] == pytest.approx(-0.16 + delta * 100 * 510 / 20_000, rel=1e-9)
+    option = refreshed.positions.set_index("position_id").loc["o"]
+    assert option["market_value"] == 2_000.0  # the premium value stays for P&L

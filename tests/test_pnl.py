@@ -353,13 +353,20 @@ def oracle_total_pnl(positions: list[dict], prices: list[dict], first: dt.date,
         known = [p for p in prices if p["symbol"] == symbol and p["date"] <= when]
         return max(known, key=lambda p: p["date"])["price"] if known else entry_price
 
+    sessions = sorted({p["date"] for p in prices})
     total = Decimal(0)
     for p in positions:
-        if p["investment_class"] == "PRIVATE" or p["entry_date"] > last:
+        if p["entry_date"] > last:
             continue
         if p["exit_date"] is not None and p["exit_date"] <= first:
             continue
-        start = max(first, p["entry_date"])
+        if p["investment_class"] == "PRIVATE":  # carried at entry; an exit realizes
+            if p["exit_date"] is not None and p["exit_date"] <= last:
+                total += (Decimal(str(p["exit_price"])) - Decimal(str(p["entry_price"]))
+                          ) * p["quantity"]
+            continue
+        # day one: the first session on or after entry
+        start = max(first, next((d for d in sessions if d >= p["entry_date"]), last))
         start_mark = mark(p["symbol"], p["entry_price"], start)
         if p["exit_date"] is not None and p["exit_date"] <= last:
             end_mark = p["exit_price"]
@@ -382,7 +389,8 @@ def test_equity_rolls_forward_exactly_over_random_paths(scenario: dict) -> None:
     total_pnl = sum((s["daily_pnl"] for s in snaps), Decimal(0))
     total_flows = sum((s["capital_flow"] for s in snaps), Decimal(0))
     # the accounting identity, exact in cents
-    assert snaps[-1]["equity"] - start_equity == total_pnl + total_flows
+    total_adjustments = sum((s["valuation_adjustment"] for s in snaps), Decimal(0))
+    assert snaps[-1]["equity"] - start_equity == total_pnl + total_flows + total_adjustments
     assert snaps[-1]["cumulative_pnl"] == total_pnl
     for s in snaps:
         assert s["daily_pnl"] == s["daily_unrealized_pnl"] + s["daily_realized_pnl"]

@@ -1,10 +1,14 @@
 """Factor exposures of positions and portfolios (docs/design.md §7): pure, vectorised, no I/O.
 
 A position inherits the betas of the symbol it moves with: its own symbol, or the underlying
-for an option. Its weight is its signed market value over its portfolio's equity, so a short
-contributes with the opposite sign; the portfolio exposure to a factor is Σ beta × weight
-over its positions, and the dollar exposure Σ beta × market value. Positions without betas
-(private assets, cash, symbols the factor model could not fit) contribute nothing.
+for an option. Its weight is its exposure value over its portfolio's equity: the signed market
+value, or for an option the dollar delta Δ × qty × 100 × underlying price (a long put weighs
+negative, an expired option 0), so a short contributes with the opposite sign. The portfolio
+exposure to a factor is Σ beta × weight over its positions, the dollar exposure Σ beta ×
+exposure value. When equity is ≤ 0 the weights are measured against gross exposure instead
+(the snapshot's `exposure_basis` says so). Positions without betas (private assets, cash,
+symbols the factor model could not fit) contribute nothing; the priced ones among them are
+listed (`missing_betas`) for the snapshot's data quality.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class ExposureResult:
-    weights: pd.DataFrame  # position_id, portfolio_id, beta_symbol, market_value, weight
+    weights: pd.DataFrame  # position_id, portfolio_id, beta_symbol, exposure_value, weight
     positions: pd.DataFrame  # position_id, portfolio_id, factor_name, beta, weight, exposure_dollar
     portfolios: pd.DataFrame  # portfolio_id, factor_name, exposure, exposure_dollar
+    missing_betas: pd.Series  # portfolio_id -> sorted symbols held (not carried) without betas
 
 
 def beta_symbol(values: pd.DataFrame) -> pd.Series:
@@ -31,14 +36,18 @@ def beta_symbol(values: pd.DataFrame) -> pd.Series:
 
 
 def position_weights(values: pd.DataFrame, equity: pd.DataFrame) -> pd.DataFrame:
-    """Held positions with their beta symbol and weight = signed market value / equity."""
+    """Held positions with their beta symbol and weight = exposure value / equity.
+
+    `exposure_value` defaults to the market value when the rows have none (plain positions).
+    """
     held = values.loc[values["is_active"].astype(bool)]
+    exposure = held["exposure_value"] if "exposure_value" in held else held["market_value"]
     frame = pd.DataFrame(
         {
             "position_id": held["position_id"].to_numpy(),
             "portfolio_id": held["portfolio_id"].to_numpy(),
             "beta_symbol": beta_symbol(held).to_numpy(),
-            "market_value": held["market_value"].to_numpy(dtype="float64"),
+            "exposure_value": exposure.to_numpy(dtype="float64"),
         }
     )
     eq = equity.loc[:, ["portfolio_id", "equity"]].copy()
@@ -46,7 +55,9 @@ def position_weights(values: pd.DataFrame, equity: pd.DataFrame) -> pd.DataFrame
     frame = frame.merge(eq, on="portfolio_id", how="left")
     equity_values = frame.pop("equity").to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        frame["weight"] = np.where(equity_values != 0, frame["market_value"] / equity_values, np.nan)
+        frame["weight"] = np.where(
+            equity_values != 0, frame["exposure_value"] / equity_values, np.nan
+        )
     return frame[np.isfinite(frame["weight"])].reset_index(drop=True)
 
 
@@ -60,9 +71,10 @@ def compute_exposures(
     """Position and portfolio factor exposures.
 
     values: the position rows of `pnl.compute_refresh` (position_id, portfolio_id, symbol,
-        underlying_symbol, is_option, is_active, market_value).
+        underlying_symbol, is_option, is_active, market_value, exposure_value).
     betas: symbol, factor_name, beta (one row per symbol and factor, the date already chosen).
-    equity: portfolio_id, equity (the snapshot's equity; weights are relative to it).
+    equity: portfolio_id, equity (what weights are relative to: the snapshot's equity, or
+        its gross exposure when equity <= 0 — `exposure_base_cents` / 100 of the snapshot).
     include_positions: build the long position x factor frame (the service leaves that
         expansion to the database, which joins `weights` with the same betas).
 
@@ -80,7 +92,7 @@ def compute_exposures(
     position_betas = np.full((len(weights), len(factors)), np.nan)
     position_betas[known] = matrix.to_numpy()[rows[known]]
     w = weights["weight"].to_numpy()[:, None]
-    mv = weights["market_value"].to_numpy()[:, None]
+    mv = weights["exposure_value"].to_numpy()[:, None]
     has = ~np.isnan(position_betas)
     by = weights["portfolio_id"].to_numpy()
     exposure = pd.DataFrame(np.where(has, position_betas * w, 0.0), columns=factors).groupby(by).sum()
@@ -105,11 +117,28 @@ def compute_exposures(
     )
     if include_positions:
         long = weights.merge(b, left_on="beta_symbol", right_on="symbol", how="inner")
-        long["exposure_dollar"] = long["beta"] * long["market_value"]
+        long["exposure_dollar"] = long["beta"] * long["exposure_value"]
         position_rows = long.loc[
             :, ["position_id", "portfolio_id", "factor_name", "beta", "weight", "exposure_dollar"]
         ].reset_index(drop=True)
-    return ExposureResult(weights=weights, positions=position_rows, portfolios=portfolio_rows)
+    return ExposureResult(
+        weights=weights,
+        positions=position_rows,
+        portfolios=portfolio_rows,
+        missing_betas=_missing_betas(values, set(matrix.index)),
+    )
+
+
+def _missing_betas(values: pd.DataFrame, known: set[str]) -> pd.Series:
+    """Per portfolio: symbols of held, priced (not carried) positions that have no betas."""
+    held = values["is_active"].astype(bool)
+    if "is_carried" in values:
+        held &= ~values["is_carried"].astype(bool)
+    frame = pd.DataFrame(
+        {"portfolio_id": values.loc[held, "portfolio_id"], "symbol": beta_symbol(values.loc[held])}
+    ).dropna()
+    frame = frame[~frame["symbol"].isin(known)].drop_duplicates()
+    return frame.sort_values(["portfolio_id", "symbol"]).groupby("portfolio_id")["symbol"].agg(list)
 
 
 def dollars(values: pd.Series) -> list[Decimal]:

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from libs.common.domain.options import OPTION_MULTIPLIER, black_scholes
+from libs.common.domain.equity import EquitySource
+from libs.common.domain.options import DAYS_PER_YEAR, OPTION_MULTIPLIER, black_scholes_greeks
 from libs.common.domain.symbols import InvestmentClass, carried_mask
 
 TRADING_DAYS_PER_YEAR = 252
@@ -201,6 +202,88 @@ def realised_volatility(prices: pd.DataFrame, params: PricingParams) -> pd.DataF
     return out.dropna().sort_values(["date", "symbol"], kind="stable").reset_index(drop=True)
 
 
+def _first_price_on_or_after(
+    prices: pd.DataFrame, symbols: pd.Series, when: pd.Series, until: pd.Timestamp | np.datetime64
+) -> tuple[np.ndarray, pd.Series]:
+    """For each (symbol, date): the first quote on or after the date (up to `until`)."""
+    n = len(symbols)
+    if n == 0:
+        return np.empty(0), pd.Series([], dtype="datetime64[ns]")
+    left = pd.DataFrame(
+        {"symbol": symbols.to_numpy(), "when": when.to_numpy(), "row": np.arange(n)}
+    ).sort_values("when", kind="stable")
+    right = prices[prices["date"] <= until].rename(columns={"date": "price_date"})
+    merged = pd.merge_asof(
+        left, right, left_on="when", right_on="price_date", by="symbol", direction="forward"
+    ).sort_values("row")
+    return merged["price"].to_numpy(dtype="float64"), merged["price_date"].reset_index(drop=True)
+
+
+def _volatility_at(vols: pd.DataFrame, symbols: pd.Series, when: pd.Series) -> np.ndarray:
+    """Each underlying's latest realised volatility on or before its date (NaN if none)."""
+    frame = pd.DataFrame(
+        {"symbol": symbols.to_numpy(), "when": when.to_numpy(), "row": np.arange(len(symbols))}
+    ).sort_values("when", kind="stable")
+    frame = pd.merge_asof(
+        frame,
+        vols.rename(columns={"date": "vol_date"}),
+        left_on="when",
+        right_on="vol_date",
+        by="symbol",
+        direction="backward",
+    ).sort_values("row")
+    return frame["volatility"].to_numpy(dtype="float64")
+
+
+def option_model(
+    opts: pd.DataFrame, prices: pd.DataFrame, when: pd.Series, vols: pd.DataFrame,
+    params: PricingParams,
+) -> pd.DataFrame:
+    """Black-Scholes inputs, price and delta of option positions at their dates `when`.
+
+    An option on or after its expiry is worth its intrinsic value at the expiry close and is
+    frozen there (``expired``, delta 0). If the underlying has no close on or before expiry,
+    its first later close stands in (flagged stale). The spot is the underlying's last close
+    on or before the valuation date (stale if not on it).
+    """
+    at = when.to_numpy(dtype="datetime64[ns]")
+    expiry = opts["expiration_date"].to_numpy(dtype="datetime64[ns]")
+    expired = ~pd.isna(expiry) & (expiry <= at)
+    value_date = pd.Series(np.where(expired, expiry, at), dtype="datetime64[ns]")
+    underlying = opts["underlying_symbol"].reset_index(drop=True)
+    spot, spot_date = last_price_on_or_before(prices, underlying, value_date)
+    missing_at_expiry = expired & np.isnan(spot)
+    if missing_at_expiry.any():
+        later, later_date = _first_price_on_or_after(
+            prices, underlying[missing_at_expiry], value_date[missing_at_expiry], at.max()
+        )
+        spot[missing_at_expiry] = later
+        spot_date = spot_date.copy()
+        spot_date[missing_at_expiry] = later_date.to_numpy()
+    vol = _volatility_at(vols, underlying, value_date)
+    vol_source = np.where(np.isnan(vol), "default", "realised")
+    vol = np.where(np.isnan(vol), params.default_volatility, vol)
+    years = (expiry - at) / np.timedelta64(1, "D") / DAYS_PER_YEAR
+    years = np.maximum(np.nan_to_num(years, nan=0.0), 0.0)
+    strike = opts["strike_price"].to_numpy(dtype="float64")
+    is_call = opts["option_type"].eq("CALL").to_numpy()
+    greeks = black_scholes_greeks(spot, strike, years, params.risk_free_rate, vol, is_call)
+    return pd.DataFrame(
+        {
+            "underlying_price": spot,
+            "underlying_price_date": spot_date.to_numpy(),
+            "underlying_fresh": spot_date.to_numpy() == value_date.to_numpy(),
+            "model_years": years,
+            "model_rate": params.risk_free_rate,
+            "model_volatility": vol,
+            "model_volatility_source": vol_source,
+            "model_price": greeks.price,
+            "delta": greeks.delta,
+            "is_expired": expired,
+        }
+    )
+
+
 def mark_positions(
     pos: pd.DataFrame,
     prices: pd.DataFrame,
@@ -210,8 +293,9 @@ def mark_positions(
 ) -> pd.DataFrame:
     """Mark each position at its own date `when` (a Series aligned with `pos`).
 
-    Returns price, price_date, source, is_stale and, for model prices, the Black-Scholes
-    inputs (underlying price, strike, years, rate, volatility and its origin).
+    Returns price, price_date, price_source, is_stale, has_quote (a real quote, current or
+    stale, backs the mark) and, for options, the Black-Scholes inputs with the model price and
+    delta (NaN inputs where the underlying has no price).
     """
     n = len(pos)
     when = pd.Series(when.to_numpy(), dtype="datetime64[ns]")
@@ -238,65 +322,36 @@ def mark_positions(
     source[plain & has_quote & ~fresh] = SOURCE_STALE
     stale[plain & ~fresh] = True
 
-    # Options: a quote on the date wins; otherwise a model price from the underlying.
-    model_cols = {
-        "underlying_price": np.full(n, np.nan),
-        "underlying_price_date": pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns]"),
-        "model_years": np.full(n, np.nan),
-        "model_rate": np.full(n, np.nan),
-        "model_volatility": np.full(n, np.nan),
-        "model_volatility_source": np.full(n, None, dtype=object),
-    }
-    opt_fresh = is_option & fresh
-    price[opt_fresh] = quote[opt_fresh]
-    source[opt_fresh] = SOURCE_MARKET
-    need_model = is_option & ~fresh
-    if need_model.any():
-        idx = np.flatnonzero(need_model)
-        sub = pos.iloc[idx]
-        expiry = sub["expiration_date"].to_numpy()
-        at = when.to_numpy()[idx]
-        # After expiry the option is worth its intrinsic value at expiry: freeze the spot there.
-        value_date = pd.Series(np.where(pd.isna(expiry) | (expiry > at), at, expiry))
-        spot, spot_date = last_price_on_or_before(prices, sub["underlying_symbol"], value_date)
-        vol_frame = pd.DataFrame(
-            {"symbol": sub["underlying_symbol"].to_numpy(), "when": value_date, "row": np.arange(len(idx))}
-        ).sort_values("when", kind="stable")
-        vol_frame = pd.merge_asof(
-            vol_frame,
-            vols.rename(columns={"date": "vol_date"}),
-            left_on="when",
-            right_on="vol_date",
-            by="symbol",
-            direction="backward",
-        ).sort_values("row")
-        vol = vol_frame["volatility"].to_numpy(dtype="float64")
-        vol_source = np.where(np.isnan(vol), "default", "realised")
-        vol = np.where(np.isnan(vol), params.default_volatility, vol)
-        years = np.where(
-            pd.isna(expiry),
-            0.0,
-            (pd.Series(expiry).to_numpy() - at) / np.timedelta64(1, "D") / 365.0,
-        )
-        years = np.maximum(np.nan_to_num(years, nan=0.0), 0.0)
-        strike = sub["strike_price"].to_numpy()
-        is_call = sub["option_type"].eq("CALL").to_numpy()
-        modelled = black_scholes(spot, strike, years, params.risk_free_rate, vol, is_call)
-        can_model = ~np.isnan(spot) & ~np.isnan(strike) & ~np.isnan(modelled)
-        model_idx = idx[can_model]
-        price[model_idx] = modelled[can_model]
-        source[model_idx] = SOURCE_MODEL
-        price_date[model_idx] = pd.NaT
-        spot_fresh = spot_date.to_numpy() == value_date.to_numpy()
-        stale[model_idx] = ~spot_fresh[can_model]
-        model_cols["underlying_price"][model_idx] = spot[can_model]
-        model_cols["underlying_price_date"].iloc[model_idx] = spot_date.to_numpy()[can_model]
-        model_cols["model_years"][model_idx] = years[can_model]
-        model_cols["model_rate"][model_idx] = params.risk_free_rate
-        model_cols["model_volatility"][model_idx] = vol[can_model]
-        model_cols["model_volatility_source"][model_idx] = vol_source[can_model]
+    model = pd.DataFrame(
+        {
+            "underlying_price": np.nan,
+            "underlying_price_date": pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns]"),
+            "model_years": np.nan,
+            "model_rate": np.nan,
+            "model_volatility": np.nan,
+            "model_volatility_source": pd.Series([None] * n, dtype=object),
+            "delta": np.nan,
+            "is_expired": False,
+        },
+        index=range(n),
+    )
+    idx = np.flatnonzero(is_option)
+    if len(idx):
+        opt = option_model(pos.iloc[idx], prices, when.iloc[idx], vols, params)
+        for column in model.columns:
+            model.loc[idx, column] = opt[column].to_numpy()
+        # A quote on the date wins, unless expired (then frozen at intrinsic at expiry).
+        expired = opt["is_expired"].to_numpy()
+        use_quote = fresh[idx] & ~expired
+        modelled = ~use_quote & ~np.isnan(opt["model_price"].to_numpy())
+        price[idx[use_quote]] = quote[idx[use_quote]]
+        source[idx[use_quote]] = SOURCE_MARKET
+        price[idx[modelled]] = opt["model_price"].to_numpy()[modelled]
+        source[idx[modelled]] = SOURCE_MODEL
+        price_date[idx[modelled]] = pd.NaT
+        stale[idx[modelled]] = ~opt["underlying_fresh"].to_numpy()[modelled]
         # No underlying either: last option quote if any, else entry price; stale.
-        fallback = idx[~can_model]
+        fallback = idx[~use_quote & ~modelled]
         stale_quote = fallback[has_quote[fallback]]
         price[stale_quote] = quote[stale_quote]
         source[stale_quote] = SOURCE_STALE
@@ -308,15 +363,16 @@ def mark_positions(
     stale[no_price] = True
     price_date[no_price] = pd.NaT
 
-    return pd.DataFrame(
+    marks = pd.DataFrame(
         {
             "price": price,
             "price_date": price_date.to_numpy(),
             "price_source": source,
             "is_stale": stale,
-            **{k: (v.to_numpy() if isinstance(v, pd.Series) else v) for k, v in model_cols.items()},
+            "has_quote": source != SOURCE_ENTRY,
         }
     )
+    return pd.concat([marks, model.reset_index(drop=True)], axis=1)
 
 
 # --------------------------------------------------------------------------- main entry
@@ -333,20 +389,38 @@ def compute_refresh(
 ) -> RefreshResult:
     """Snapshot every portfolio of `portfolios` on `as_of`.
 
-    portfolios: portfolio_id, equity_balance (initial equity, used when there is no previous
-        snapshot).
+    portfolios: portfolio_id, equity_balance (the stated starting equity, used when there is
+        no previous snapshot; NaN/None = none stated: start from the net market value).
     positions: POSITION_COLUMNS (+ optional ones); any positions of other portfolios are ignored.
     prices: symbol, date, price; every quote up to `as_of` that may be needed (later rows are
-        ignored); for option underlyings enough history for the volatility window.
+        ignored); for option underlyings enough history for the volatility window. The dates
+        present are taken as the trading sessions (a position's day one is the first of them
+        on or after its entry date).
     previous: portfolio_id, snapshot_date, equity, cumulative_pnl: the latest complete
         snapshot strictly before `as_of` (absent row = first snapshot).
     flows: portfolio_id, flow_date, amount (signed: deposits > 0).
     """
     params = params or PricingParams()
     t = _days(as_of)
+    ports = _portfolio_frame(portfolios, previous, t)
+    px = normalise_prices(prices)
+    px = px[px["date"] <= t]
+    pos, active, base = _positions_in_play(positions, ports, px, t)
+    underlyings = pos.loc[pos["is_option"], "underlying_symbol"].unique()
+    vols = realised_volatility(px[px["symbol"].isin(underlyings)], params)
+    mark_t = mark_positions(pos, px, pd.Series(t, index=pos.index), vols, params)
+    mark_base = mark_positions(pos, px, base, vols, params)
+    values = _position_values(t, pos, active, base, mark_t, mark_base)
+    snapshots = _aggregate(t, ports, values, _flows_in_window(flows, ports, t))
+    return RefreshResult(snapshots=snapshots, positions=values)
+
+
+def _portfolio_frame(
+    portfolios: pd.DataFrame, previous: pd.DataFrame | None, t: pd.Timestamp
+) -> pd.DataFrame:
+    """One row per portfolio with its previous snapshot (if strictly before t)."""
     ports = portfolios.loc[:, ["portfolio_id", "equity_balance"]].drop_duplicates("portfolio_id")
     ports = ports.reset_index(drop=True)
-
     prev = _previous_frame(previous)
     # Ids may arrive as str or UUID objects (and an empty frame has object dtype): one key
     # dtype for every merge.
@@ -355,44 +429,86 @@ def compute_refresh(
     ports = ports.merge(prev, on="portfolio_id", how="left")
     has_prev = ports["prev_date"].notna() & (ports["prev_date"] < t)
     ports.loc[~has_prev, ["prev_date", "prev_equity", "prev_cumulative_pnl"]] = [pd.NaT, None, None]
+    return ports
 
-    px = normalise_prices(prices)
-    px = px[px["date"] <= t]
 
+def _positions_in_play(
+    positions: pd.DataFrame, ports: pd.DataFrame, px: pd.DataFrame, t: pd.Timestamp
+) -> tuple[pd.DataFrame, np.ndarray, pd.Series]:
+    """Positions held on t or exited since the base date, whether active, and base dates.
+
+    Base date (where a position's P&L is measured from): the previous snapshot's date, or for
+    a position entered since, its day one = the first session on or after its entry date (an
+    entry on a Saturday starts on Monday, never from Friday's close). First snapshot: t.
+    """
     pos = normalise_positions(positions)
     pos["portfolio_id"] = pos["portfolio_id"].astype(str)
-    underlyings = pos.loc[pos["is_option"], "underlying_symbol"].unique()
-    vols = realised_volatility(px[px["symbol"].isin(underlyings)], params)
     pos = pos[pos["portfolio_id"].isin(ports["portfolio_id"])]
     pos = pos.merge(ports[["portfolio_id", "prev_date"]], on="portfolio_id", how="left")
+    sessions = np.unique(px["date"].to_numpy(dtype="datetime64[ns]"))
+    entry = pos["entry_date"].to_numpy(dtype="datetime64[ns]")
+    t64 = np.datetime64(t.to_datetime64(), "ns")
+    sessions = np.append(sessions[sessions <= t64], t64)  # t itself is always a session here
+    day_one = sessions[np.minimum(np.searchsorted(sessions, entry, side="left"), len(sessions) - 1)]
+    prev_date = pos["prev_date"].to_numpy(dtype="datetime64[ns]")
+    new_since_prev = pd.isna(prev_date) | (entry > prev_date)
+    base = pd.Series(np.where(new_since_prev, day_one, prev_date), dtype="datetime64[ns]")
+    base = base.where(pos["prev_date"].notna().to_numpy(), t)  # first snapshot: no P&L
     started = pos["entry_date"] <= t
     active = started & (pos["exit_date"].isna() | (pos["exit_date"] > t))
-    # Base date: where this position's P&L is measured from on t.
-    base = pos["entry_date"].where(
-        pos["prev_date"].isna() | (pos["entry_date"] > pos["prev_date"]), pos["prev_date"]
-    )
-    base = base.where(pos["prev_date"].notna(), t)  # first snapshot: no P&L, no jump
     exited_now = (
-        started & pos["exit_date"].notna() & (pos["exit_date"] <= t) & (pos["exit_date"] > base)
+        started
+        & pos["exit_date"].notna()
+        & (pos["exit_date"] <= t)
+        & (pos["exit_date"].to_numpy() > base.to_numpy())
     )
     keep = (active | exited_now).to_numpy()
-    pos = pos[keep].reset_index(drop=True)
-    active = active.to_numpy()[keep]
-    base = base[keep].reset_index(drop=True)
+    return (
+        pos[keep].reset_index(drop=True),
+        active.to_numpy()[keep],
+        base[keep].reset_index(drop=True),
+    )
 
-    mark_t = mark_positions(pos, px, pd.Series(t, index=pos.index), vols, params)
-    mark_base = mark_positions(pos, px, base, vols, params)
 
+def _position_values(
+    t: pd.Timestamp,
+    pos: pd.DataFrame,
+    active: np.ndarray,
+    base: pd.Series,
+    mark_t: pd.DataFrame,
+    mark_base: pd.DataFrame,
+) -> pd.DataFrame:
+    """Per position: market value, P&L split, valuation adjustment and exposure value.
+
+    * unrealized = (mark_t − mark_base) × qty × m for held, non-carried positions;
+    * a position whose base mark had no quote at all (carried at entry price, "entry") and
+      that now has one is re-marked: the difference is a valuation adjustment, not P&L;
+    * realized (exited since base) = (exit price − mark_base) × qty × m, carried assets
+      included (a private exit realizes exit − carried value);
+    * exposure_value: what factor weights use, the signed market value, or for options the
+      dollar delta Δ × qty × 100 × underlying price (expired or unpriceable: 0).
+    """
     qty_m = pos["quantity"].to_numpy() * pos["multiplier"].to_numpy()
     carried = pos["is_carried"].to_numpy()
     price_t = mark_t["price"].to_numpy()
     price_base = mark_base["price"].to_numpy()
     exit_price = pos["exit_price"].to_numpy()
     exit_price = np.where(np.isnan(exit_price), price_base, exit_price)
+    first_quote = (
+        active & ~carried & ~mark_base["has_quote"].to_numpy() & mark_t["has_quote"].to_numpy()
+    )
 
     market_value = np.where(active, qty_m * price_t, 0.0)
-    unrealized = np.where(active & ~carried, (price_t - price_base) * qty_m, 0.0)
-    realized = np.where(~active & ~carried, (exit_price - price_base) * qty_m, 0.0)
+    move = np.where(active & ~carried, (price_t - price_base) * qty_m, 0.0)
+    unrealized = np.where(first_quote, 0.0, move)
+    adjustment = np.where(first_quote, move, 0.0)
+    realized = np.where(~active, (exit_price - price_base) * qty_m, 0.0)
+    is_option = pos["is_option"].to_numpy() & ~carried
+    delta = mark_t["delta"].to_numpy(dtype="float64")
+    delta_value = np.nan_to_num(
+        delta * qty_m * mark_t["underlying_price"].to_numpy(dtype="float64"), nan=0.0
+    )
+    exposure_value = np.where(active, np.where(is_option, delta_value, market_value), 0.0)
 
     values = pd.DataFrame(
         {
@@ -403,6 +519,7 @@ def compute_refresh(
             "strike_price": pos["strike_price"].to_numpy(),
             "option_type": pos["option_type"].replace("", None).to_numpy(),
             "is_option": pos["is_option"].to_numpy(),
+            "is_carried": carried,
             "is_active": active,
             "quantity": pos["quantity"].to_numpy(),
             "multiplier": pos["multiplier"].to_numpy(),
@@ -411,20 +528,21 @@ def compute_refresh(
             "market_value": market_value,
             "unrealized_pnl": unrealized,
             "realized_pnl": realized,
-            "daily_pnl": unrealized + realized,
+            "valuation_adjustment": adjustment,
+            "exposure_value": exposure_value,
         }
     )
     values = pd.concat([values, mark_t.reset_index(drop=True)], axis=1)
+    values["is_expired"] = values["is_expired"].astype(bool) & active
     values.insert(0, "snapshot_date", t)
     # An exited position has no mark on t: its staleness must not flag the snapshot.
     values.loc[~values["is_active"], "is_stale"] = False
-    # The symbol whose quote is missing: for a model price, the underlying.
+    # The symbol whose quote is missing: for an option, the underlying.
     values["priced_symbol"] = values["symbol"].where(
-        values["price_source"] != SOURCE_MODEL, values["underlying_symbol"]
+        ~(values["is_option"] & ~values["is_carried"]), values["underlying_symbol"]
     )
-
-    snapshots = _aggregate(t, ports, values, _flows_in_window(flows, ports, t))
-    return RefreshResult(snapshots=snapshots, positions=values)
+    _allocate_position_cents(values)
+    return values
 
 
 def _previous_frame(previous: pd.DataFrame | None) -> pd.DataFrame:
@@ -482,73 +600,143 @@ def _round_half_away(values: np.ndarray) -> np.ndarray:
     return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5 + 1e-9)).astype("int64")
 
 
+#: Money columns of the position rows, each rounded to cents so that a portfolio's rows add up
+#: to its snapshot total exactly.
+POSITION_MONEY_COLUMNS = ("market_value", "unrealized_pnl", "realized_pnl", "valuation_adjustment")
+
+
+def allocate_cents(amounts: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Round amounts to int cents so each group's cents sum to its exact total, rounded.
+
+    Largest remainder: every amount is floored to a cent, then the cents the group's rounded
+    total still lacks go to the amounts with the largest remainders (ties: first row first).
+    Three lots making 0.005 each give 0.01 + 0.01 + 0.00 = 0.02 = round(0.015), not 0.03.
+    """
+    n = len(amounts)
+    if n == 0:
+        return np.zeros(0, dtype="int64")
+    scaled = np.round(np.asarray(amounts, dtype="float64") * 100.0, 6)
+    floor = np.floor(scaled)
+    frac = scaled - floor
+    codes, uniques = pd.factorize(pd.Series(groups), sort=False)
+    target = _round_half_away(np.bincount(codes, weights=scaled, minlength=len(uniques)))
+    lacking = target - np.round(np.bincount(codes, weights=floor, minlength=len(uniques)))
+    order = np.lexsort((np.arange(n), -frac, codes))
+    group_start = np.searchsorted(codes[order], codes[order], side="left")
+    rank = np.empty(n, dtype="int64")
+    rank[order] = np.arange(n) - group_start
+    return (floor + (rank < lacking[codes])).astype("int64")
+
+
+def _allocate_position_cents(values: pd.DataFrame) -> None:
+    """Round the position money columns in place (adds `<column>_cents` and daily P&L)."""
+    groups = values["portfolio_id"].to_numpy()
+    for column in POSITION_MONEY_COLUMNS:
+        cents = allocate_cents(values[column].to_numpy(dtype="float64"), groups)
+        values[f"{column}_cents"] = cents
+        values[column] = cents / 100.0
+    values["daily_pnl_cents"] = values["unrealized_pnl_cents"] + values["realized_pnl_cents"]
+    values["daily_pnl"] = values["daily_pnl_cents"] / 100.0
+
+
+def _symbol_lists(values: pd.DataFrame, mask: pd.Series, column: str = "priced_symbol") -> pd.Series:
+    """Per portfolio: the sorted distinct symbols of the rows in `mask`."""
+    return (
+        values.loc[mask, ["portfolio_id", column]]
+        .dropna()
+        .drop_duplicates()
+        .sort_values(["portfolio_id", column])
+        .groupby("portfolio_id")[column]
+        .agg(list)
+    )
+
+
 def _aggregate(
     t: pd.Timestamp, ports: pd.DataFrame, values: pd.DataFrame, flow_cents: pd.Series
 ) -> pd.DataFrame:
-    """Per-portfolio sums and the integer-cent equity roll-forward."""
+    """Per-portfolio sums of the position cents and the integer-cent equity roll-forward."""
     pid = ports["portfolio_id"]
-    mv = values["market_value"]
-    by = values["portfolio_id"]
+    mv = values["market_value_cents"]
     active = values["is_active"]
     grouped = pd.DataFrame(
         {
-            "long": mv.where(mv > 0, 0.0),
-            "short": mv.where(mv < 0, 0.0),
+            "long": mv.where(mv > 0, 0),
+            "short": mv.where(mv < 0, 0),
             "net": mv,
-            "unrealized": values["unrealized_pnl"],
-            "realized": values["realized_pnl"],
+            "unrealized": values["unrealized_pnl_cents"],
+            "realized": values["realized_pnl_cents"],
+            "adjustment": values["valuation_adjustment_cents"],
             "n_positions": active.astype("int64"),
             "n_long": (active & (values["quantity"] > 0)).astype("int64"),
             "n_short": (active & (values["quantity"] < 0)).astype("int64"),
             "stale": values["is_stale"] & active,
             "model": (values["price_source"] == SOURCE_MODEL) & active,
         }
-    ).groupby(by.to_numpy()).sum()
+    ).groupby(values["portfolio_id"].to_numpy()).sum()
     grouped = grouped.reindex(pid.to_numpy(), fill_value=0)
 
-    stale_symbols = (
-        values.loc[values["is_stale"] & active, ["portfolio_id", "priced_symbol"]]
-        .drop_duplicates()
-        .sort_values(["portfolio_id", "priced_symbol"])
-        .groupby("portfolio_id")["priced_symbol"]
-        .agg(list)
-    )
+    no_price = active & (values["price_source"] == SOURCE_ENTRY)
+    stale_symbols = _symbol_lists(values, values["is_stale"] & active)
+    quality = {
+        "no_price": _symbol_lists(values, no_price),
+        "stale_price": _symbol_lists(values, values["is_stale"] & active & ~no_price),
+        "expired_options": _symbol_lists(values, values["is_expired"] & active, "symbol"),
+    }
 
-    unrealized_c = _round_half_away(grouped["unrealized"].to_numpy() * 100)
-    realized_c = _round_half_away(grouped["realized"].to_numpy() * 100)
+    unrealized_c = grouped["unrealized"].to_numpy(dtype="int64")
+    realized_c = grouped["realized"].to_numpy(dtype="int64")
+    adjustment_c = grouped["adjustment"].to_numpy(dtype="int64")
+    net_c = grouped["net"].to_numpy(dtype="int64")
     pnl_c = unrealized_c + realized_c
     has_prev = ports["prev_date"].notna().to_numpy()
+    stated = ports["equity_balance"].notna().to_numpy()
+    stated_c = to_cents(ports["equity_balance"].where(ports["equity_balance"].notna(), 0))
     start_equity_c = np.where(
         has_prev,
         to_cents(ports["prev_equity"].where(ports["prev_equity"].notna(), 0)),
-        to_cents(ports["equity_balance"]),
+        np.where(stated, stated_c, net_c),
     )
     prev_cum_c = np.where(
         has_prev, to_cents(ports["prev_cumulative_pnl"].where(has_prev, 0)), 0
     )
     flows_c = flow_cents.reindex(pid.to_numpy(), fill_value=0).to_numpy()
-    equity_c = start_equity_c + pnl_c + flows_c
+    equity_c = start_equity_c + pnl_c + flows_c + adjustment_c
     with np.errstate(divide="ignore", invalid="ignore"):
-        daily_return = np.where(start_equity_c != 0, pnl_c / start_equity_c, 0.0)
+        # equity_prev <= 0: no meaningful return (never a sign flip): NaN, stored as null.
+        daily_return = np.where(start_equity_c > 0, pnl_c / start_equity_c, np.nan)
 
-    long_v = grouped["long"].to_numpy()
-    short_v = grouped["short"].to_numpy()
+    long_c = grouped["long"].to_numpy(dtype="int64")
+    short_c = grouped["short"].to_numpy(dtype="int64")
+    gross_c = long_c - short_c
+    on_equity = equity_c > 0
     return pd.DataFrame(
         {
             "portfolio_id": pid.to_numpy(),
             "snapshot_date": t,
             "previous_snapshot_date": ports["prev_date"].to_numpy(),
-            "long_exposure": long_v,
-            "short_exposure": short_v,
-            "gross_exposure": long_v - short_v,
-            "net_exposure": long_v + short_v,
-            "total_value": grouped["net"].to_numpy(),
+            "long_exposure": long_c / 100.0,
+            "short_exposure": short_c / 100.0,
+            "gross_exposure": gross_c / 100.0,
+            "net_exposure": net_c / 100.0,
+            "total_value": net_c / 100.0,
+            "long_cents": long_c,
+            "short_cents": short_c,
+            "gross_cents": gross_c,
+            "net_cents": net_c,
             "unrealized_pnl_cents": unrealized_c,
             "realized_pnl_cents": realized_c,
             "daily_pnl_cents": pnl_c,
+            "valuation_adjustment_cents": adjustment_c,
             "capital_flow_cents": flows_c,
             "equity_start_cents": start_equity_c,
             "equity_cents": equity_c,
+            "equity_source": np.where(
+                stated, EquitySource.STATED.value, EquitySource.NET_MARKET_VALUE.value
+            ),
+            # Factor weights are measured against equity; with equity <= 0 (no meaningful
+            # base) against gross exposure instead, and the snapshot says so.
+            "exposure_basis": np.where(on_equity, "equity", "gross_exposure"),
+            "exposure_base_cents": np.where(on_equity, equity_c, gross_c),
             "cumulative_pnl_cents": prev_cum_c + pnl_c,
             "daily_return": daily_return,
             "num_positions": grouped["n_positions"].to_numpy(),
@@ -557,6 +745,10 @@ def _aggregate(
             "is_stale": grouped["stale"].to_numpy() > 0,
             "has_model_prices": grouped["model"].to_numpy() > 0,
             "stale_symbols": stale_symbols.reindex(pid.to_numpy()).to_numpy(),
+            **{
+                f"quality_{key}": lists.reindex(pid.to_numpy()).to_numpy()
+                for key, lists in quality.items()
+            },
         }
     )
 
@@ -585,36 +777,54 @@ def _day(value: Any) -> date | None:
     return None if pd.isna(value) else pd.Timestamp(value).date()
 
 
+def _symbols(value: Any) -> list[str]:
+    return list(value) if isinstance(value, list) else []
+
+
 def snapshot_records(snapshots: pd.DataFrame) -> list[dict[str, Any]]:
-    """`portfolio_snapshots` rows (column names of the model), money as Decimal cents."""
+    """`portfolio_snapshots` rows (column names of the model), money as Decimal cents.
+
+    `data_quality` lists the symbols the snapshot lacked inputs for (no_price, stale_price,
+    expired_options; `no_betas` is filled in with the exposures); `is_degraded` says whether
+    any price or beta was missing (such a snapshot is restated when its date's batch
+    completes).
+    """
     frame = snapshots.reset_index(drop=True)
-    long_v = _decimal_cents(frame["long_exposure"])
-    short_v = _decimal_cents(frame["short_exposure"])
-    gross = _decimal_cents(frame["gross_exposure"])
-    net = _decimal_cents(frame["net_exposure"])
     records = []
-    for i, row in enumerate(frame.itertuples(index=False)):
-        stale_symbols = row.stale_symbols if isinstance(row.stale_symbols, list) else []
+    for row in frame.itertuples(index=False):
+        quality = {
+            "no_price": _symbols(row.quality_no_price),
+            "stale_price": _symbols(row.quality_stale_price),
+            "expired_options": _symbols(row.quality_expired_options),
+            "no_betas": [],
+        }
         records.append(
             {
                 "portfolio_id": row.portfolio_id,
                 "snapshot_date": _day(row.snapshot_date),
                 "equity": cents_to_decimal(row.equity_cents),
-                "total_value": net[i],
-                "long_value": long_v[i],
-                "short_value": short_v[i],
-                "gross_exposure": gross[i],
-                "net_exposure": net[i],
+                "equity_source": row.equity_source,
+                "total_value": cents_to_decimal(row.net_cents),
+                "long_value": cents_to_decimal(row.long_cents),
+                "short_value": cents_to_decimal(row.short_cents),
+                "gross_exposure": cents_to_decimal(row.gross_cents),
+                "net_exposure": cents_to_decimal(row.net_cents),
                 "daily_pnl": cents_to_decimal(row.daily_pnl_cents),
                 "daily_unrealized_pnl": cents_to_decimal(row.unrealized_pnl_cents),
                 "daily_realized_pnl": cents_to_decimal(row.realized_pnl_cents),
-                "daily_return": Decimal(repr(float(row.daily_return))).quantize(_RETURN_PLACES),
+                "valuation_adjustment": cents_to_decimal(row.valuation_adjustment_cents),
+                "daily_return": None
+                if np.isnan(row.daily_return)
+                else Decimal(repr(float(row.daily_return))).quantize(_RETURN_PLACES),
                 "cumulative_pnl": cents_to_decimal(row.cumulative_pnl_cents),
                 "capital_flow": cents_to_decimal(row.capital_flow_cents),
                 "position_count": int(row.num_positions),
                 "has_stale_prices": bool(row.is_stale),
-                "stale_symbols": list(stale_symbols),
+                "stale_symbols": _symbols(row.stale_symbols),
                 "has_model_prices": bool(row.has_model_prices),
+                "exposure_basis": row.exposure_basis,
+                "data_quality": quality,
+                "is_degraded": bool(quality["no_price"] or quality["stale_price"]),
                 "details": {
                     "previous_snapshot_date": None
                     if _day(row.previous_snapshot_date) is None
@@ -631,9 +841,7 @@ def snapshot_records(snapshots: pd.DataFrame) -> list[dict[str, Any]]:
 def position_value_records(values: pd.DataFrame) -> list[dict[str, Any]]:
     """`position_snapshots` rows: the mark used, its source, value and P&L, model inputs."""
     frame = values.reset_index(drop=True)
-    market_value = _decimal_cents(frame["market_value"])
-    daily_pnl = _decimal_cents(frame["daily_pnl"])
-    realized = _decimal_cents(frame["realized_pnl"])
+    inputs = model_inputs_column(frame)
     records = []
     for i, row in enumerate(frame.itertuples(index=False)):
         records.append(
@@ -645,27 +853,36 @@ def position_value_records(values: pd.DataFrame) -> list[dict[str, Any]]:
                 if row.is_active
                 else None,
                 "price_source": row.price_source if row.is_active else "exited",
-                "market_value": market_value[i],
-                "daily_pnl": daily_pnl[i],
-                "realized_pnl": realized[i],
-                "model_inputs": model_inputs(row) if row.price_source == SOURCE_MODEL else None,
+                "market_value": cents_to_decimal(row.market_value_cents),
+                "daily_pnl": cents_to_decimal(row.daily_pnl_cents),
+                "realized_pnl": cents_to_decimal(row.realized_pnl_cents),
+                "valuation_adjustment": cents_to_decimal(row.valuation_adjustment_cents),
+                "delta": None if np.isnan(row.delta) or not row.is_active else float(row.delta),
+                "is_expired": bool(row.is_expired),
+                "model_inputs": inputs[i],
             }
         )
     return records
 
 
 def model_inputs_column(values: pd.DataFrame) -> list[dict[str, Any] | None]:
-    """Per position row: its Black-Scholes inputs if it carries a model price, else None."""
+    """Per position row: the Black-Scholes inputs of a held option (whose delta weights its
+    exposures, and which priced it when `price_source` is "model"), else None."""
     out: list[dict[str, Any] | None] = [None] * len(values)
     frame = values.reset_index(drop=True)
-    modelled = frame.index[(frame["price_source"] == SOURCE_MODEL) & frame["is_active"]]
-    for i, row in zip(modelled, frame.loc[modelled].itertuples(index=False), strict=True):
+    with_inputs = frame.index[
+        frame["is_option"].astype(bool)
+        & ~frame["is_carried"].astype(bool)
+        & frame["is_active"].astype(bool)
+        & frame["underlying_price"].notna()
+    ]
+    for i, row in zip(with_inputs, frame.loc[with_inputs].itertuples(index=False), strict=True):
         out[i] = model_inputs(row)
     return out
 
 
 def model_inputs(row: Any) -> dict[str, Any]:
-    """The Black-Scholes inputs of a model price, as JSON-ready values."""
+    """The Black-Scholes inputs of an option's model price and delta, as JSON-ready values."""
     return {
         "model": "black_scholes",
         "underlying": row.underlying_symbol,
@@ -679,4 +896,6 @@ def model_inputs(row: Any) -> dict[str, Any]:
         "risk_free_rate": float(row.model_rate),
         "volatility": float(row.model_volatility),
         "volatility_source": row.model_volatility_source,
+        "delta": float(row.delta),
+        "expired": bool(row.is_expired),
     }

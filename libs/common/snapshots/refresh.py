@@ -41,7 +41,11 @@ class DateOutcome:
 def compute_chunk(
     day: dt.date, inputs: repo.ChunkInputs, params: pnl.PricingParams
 ) -> tuple[pnl.RefreshResult, list[dict], list[str | None], ExposureResult]:
-    """Pure part of a chunk: P&L, Decimal snapshot rows, model inputs, exposures."""
+    """Pure part of a chunk: P&L, Decimal snapshot rows, model inputs, exposures.
+
+    Weights are measured against each snapshot's equity (gross exposure when equity <= 0);
+    the symbols without betas join the snapshot's data-quality lists.
+    """
     result = pnl.compute_refresh(
         day, inputs.portfolios, inputs.positions, inputs.prices, inputs.previous, inputs.flows,
         params,
@@ -51,13 +55,17 @@ def compute_chunk(
     model_inputs = [
         None if inputs is None else json.dumps(inputs) for inputs in pnl.model_inputs_column(values)
     ]
-    equity = pd.DataFrame(
+    base = pd.DataFrame(
         {
             "portfolio_id": result.snapshots["portfolio_id"],
-            "equity": result.snapshots["equity_cents"] / 100.0,
+            "equity": result.snapshots["exposure_base_cents"] / 100.0,
         }
     )
-    exposures = compute_exposures(values, inputs.betas, equity, include_positions=False)
+    exposures = compute_exposures(values, inputs.betas, base, include_positions=False)
+    for row in snapshot_rows:
+        missing = exposures.missing_betas.get(row["portfolio_id"], [])
+        row["data_quality"]["no_betas"] = list(missing)
+        row["is_degraded"] = row["is_degraded"] or bool(missing)
     return result, snapshot_rows, model_inputs, exposures
 
 
