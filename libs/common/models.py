@@ -86,7 +86,12 @@ class Portfolio(Base):
     )
     name: Mapped[str] = mapped_column(String(300), nullable=False)
     # Starting equity: the base of the equity roll-forward (docs/design.md §7).
-    equity_balance: Mapped[Decimal] = mapped_column(MONEY, nullable=False)
+    # Stated starting equity, the base of the equity roll-forward (docs/design.md §7); NULL:
+    # none stated, the first snapshot starts from the net market value (equity_source).
+    equity_balance: Mapped[Decimal | None] = mapped_column(MONEY, nullable=True)
+    equity_source: Mapped[str] = mapped_column(
+        String(24), nullable=False, server_default=text("'stated'")
+    )
     currency: Mapped[str] = mapped_column(String(3), nullable=False, server_default="USD")
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     created_at: Mapped[dt.datetime] = created_at_column()
@@ -274,6 +279,21 @@ class PortfolioSnapshot(Base):
         Boolean, nullable=False, server_default=text("false")
     )
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    # stated / net_market_value: where the first snapshot's equity came from.
+    equity_source: Mapped[str | None] = mapped_column(String(24))
+    # Re-marks of positions first carried at entry that got their first quote: in equity,
+    # not in daily P&L or return.
+    valuation_adjustment: Mapped[Decimal | None] = mapped_column(MONEY)
+    # equity / gross_exposure: what factor weights were measured against (equity <= 0).
+    exposure_basis: Mapped[str | None] = mapped_column(String(16))
+    # {no_price, stale_price, no_betas, expired_options}: symbols the snapshot lacked inputs for.
+    data_quality: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default="{}"
+    )
+    # Made with missing prices or betas: restated when its date's symbol batch completes.
+    is_degraded: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false")
+    )
     claimed_at: Mapped[dt.datetime] = created_at_column()
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (
@@ -300,6 +320,12 @@ class PositionSnapshot(Base):
     daily_pnl: Mapped[Decimal] = mapped_column(MONEY, nullable=False)
     realized_pnl: Mapped[Decimal] = mapped_column(MONEY, nullable=False)
     model_inputs: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    valuation_adjustment: Mapped[Decimal] = mapped_column(
+        MONEY, nullable=False, server_default=text("0")
+    )
+    # Options: Black-Scholes delta on the date (weights its exposures); expired options 0.
+    delta: Mapped[float | None] = mapped_column(Float)
+    is_expired: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     __table_args__ = (
         Index("ix_position_snapshots_portfolio_date", "portfolio_id", "snapshot_date"),
     )

@@ -140,6 +140,7 @@ class RefreshHandlers:
                 outcomes = await refresh_portfolios(
                     self.ctx.database_url, day, command.portfolio_ids, self.params,
                     max_backfill=self.ctx.settings.max_backfill_days,
+                    restate_degraded_before=command.planned_at or dt.datetime.now(dt.UTC),
                 )
                 await self.ctx.jobs.finish(
                     job,

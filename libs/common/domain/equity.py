@@ -11,7 +11,7 @@ to 1. A book whose net value is ≤ 0 has no such default and must state its equ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
@@ -34,4 +34,29 @@ def net_entry_value(positions: Iterable[_Valued]) -> Decimal:
     that is net short or flat at entry is asked to state its equity.
     """
     total = sum((p.entry_value for p in positions), Decimal(0))
+    return total.quantize(Decimal("0.01"))
+
+
+class _Position(_Valued, Protocol):
+    @property
+    def market_data_symbol(self) -> str | None: ...
+
+    @property
+    def investment_class(self) -> str: ...
+
+    @property
+    def quantity(self) -> Decimal: ...
+
+
+def estimated_net_value(
+    positions: Iterable[_Position], latest_closes: Mapping[str, Decimal]
+) -> Decimal:
+    """The net market value an upload can know: latest known close × quantity for listed
+    positions, entry value for the rest (options at their premium, carried assets, symbols
+    not priced yet), to the cent. Used to refuse a default equity that would be ≤ 0."""
+    total = Decimal(0)
+    for p in positions:
+        symbol = p.market_data_symbol
+        close = latest_closes.get(symbol) if symbol and p.investment_class == "PUBLIC" else None
+        total += p.quantity * close if close is not None else p.entry_value
     return total.quantize(Decimal("0.01"))

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.db import raw_connection
+from libs.common.domain.equity import EquitySource
 from libs.common.domain.statuses import OnboardingStatus, SymbolStatus
 from libs.common.factors import FACTOR_ETFS
 from libs.common.onboarding.limits import NewSymbolLimits, check_daily_quota, check_upload_size
@@ -49,7 +50,7 @@ async def store_upload(
     name: str,
     positions: Sequence[ParsedPosition],
     data_symbols: Sequence[str],
-    equity_balance: Decimal,
+    equity_balance: Decimal | None,
     requested_by: str,
     retry_failed_after_seconds: float,
     account_name: str | None = None,
@@ -76,10 +77,13 @@ async def store_upload(
     portfolio_id = uuid.uuid4()
     await session.execute(
         text(
-            "INSERT INTO portfolios (id, user_id, name, equity_balance, account_name, "
-            "account_type) VALUES (:id, :user_id, :name, :equity, :account_name, :account_type)"
+            "INSERT INTO portfolios (id, user_id, name, equity_balance, equity_source, "
+            "account_name, account_type) VALUES (:id, :user_id, :name, :equity, :source, "
+            ":account_name, :account_type)"
         ),
         {"id": portfolio_id, "user_id": user_id, "name": name, "equity": equity_balance,
+         "source": EquitySource.STATED if equity_balance is not None
+         else EquitySource.NET_MARKET_VALUE,
          "account_name": account_name, "account_type": account_type},
     )
     await _insert_positions(session, portfolio_id, positions)
@@ -423,3 +427,17 @@ async def unsettled_symbols(
 def _short_list(symbols: Sequence[str], limit: int = 8) -> str:
     shown = ", ".join(symbols[:limit])
     return shown + (f" and {len(symbols) - limit} more" if len(symbols) > limit else "")
+
+
+async def latest_closes(session: AsyncSession, symbols: Sequence[str]) -> dict[str, Decimal]:
+    """Each symbol's latest cached close (symbols never fetched are absent)."""
+    if not symbols:
+        return {}
+    rows = await session.execute(
+        text(
+            "SELECT DISTINCT ON (symbol) symbol, close FROM market_data_cache "
+            "WHERE symbol = ANY(:symbols) AND close IS NOT NULL ORDER BY symbol, date DESC"
+        ),
+        {"symbols": list(symbols)},
+    )
+    return {r.symbol: Decimal(r.close) for r in rows}

@@ -8,9 +8,10 @@
    made in this request when a snapshot maker is wired in (`v2_instant`, the first poll
    already says `completed`), otherwise requested on the bus.
 
-equity_balance: optional; by default the net entry value of the positions (longs minus
-shorts, options at their premium). A net short or zero book has no meaningful default and
-must state it.
+equity_balance: optional. Stated, it is the first snapshot's equity (`equity_source`
+"stated"); omitted, the first snapshot starts from the net market value of the positions on
+its date ("net_market_value", see libs/common/domain/equity.py). A book whose net value is
+≤ 0 by the latest known prices has no meaningful default and must state it (422).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from decimal import Decimal
 from sqlalchemy.exc import IntegrityError
 
 from libs.common.db import session_scope
-from libs.common.domain.equity import net_entry_value
+from libs.common.domain.equity import EquitySource, estimated_net_value
 from libs.common.domain.onboarding import ACCOUNT_TYPES, MAX_ACCOUNT_NAME_LENGTH
 from libs.common.domain.statuses import OnboardingMode, OnboardingStatus, onboarding_final_status
 from libs.common.events import SymbolOnboardRequested
@@ -78,7 +79,10 @@ class UploadResult:
     status: str  # running / completed / partial
     mode: str
     name: str = ""  # as stored (trimmed)
-    equity_balance: Decimal = Decimal(0)  # as stored (given, or the default)
+    # The stated equity, or (equity_source net_market_value) the estimate at upload; the
+    # first snapshot then starts from the net market value on its date.
+    equity_balance: Decimal = Decimal(0)
+    equity_source: str = EquitySource.STATED
     account_name: str | None = None
     account_type: str | None = None
 
@@ -167,15 +171,20 @@ async def upload_portfolio(
     else:
         parsed = parse_portfolio_csv(data, today=latest_allowed_date())
     problems.extend(parsed.problems)
+    estimate: Decimal | None = None
     if not problems and equity is None:
-        equity = net_entry_value(parsed.positions)
-        if equity <= 0:
+        async with session_scope(database_url) as session:
+            closes = await store.latest_closes(
+                session, sorted({s for p in parsed.positions if (s := p.market_data_symbol)}))
+        estimate = estimated_net_value(parsed.positions, closes)
+        if estimate <= 0:
             problems.append(CsvProblem(None, "equity_balance", (
-                f"The positions' net entry value is {equity} (a net short or zero book), "
-                "so there is no default starting equity: send equity_balance.")))
+                f"The positions' net market value is {estimate} (a net short or zero book, "
+                "at the latest known prices, entry prices where none is known yet), so it "
+                "cannot be the starting equity: send equity_balance, the capital the "
+                "portfolio's returns and factor weights are measured against.")))
     if problems:
         raise UploadRejected(problems)
-    assert equity is not None
 
     data_symbols = sorted({s for p in parsed.positions if (s := p.market_data_symbol)})
     try:
@@ -241,7 +250,8 @@ async def upload_portfolio(
         mode=OnboardingMode.ASYNC if (stored.symbols_queued or stored.symbols_failed)
         else OnboardingMode.INSTANT,
         name=clean_name,
-        equity_balance=equity,
+        equity_balance=equity if equity is not None else estimate or Decimal(0),
+        equity_source=EquitySource.STATED if equity is not None else EquitySource.NET_MARKET_VALUE,
         account_name=account.name if account else None,
         account_type=account.type if account else None,
     )

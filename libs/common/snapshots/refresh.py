@@ -77,12 +77,14 @@ async def refresh_date(
     *,
     skip_if_later: bool,
     require_holdings: bool = True,
+    restate_degraded_before: dt.datetime | None = None,
 ) -> DateOutcome:
     """Claim, compute, write and complete the slots of `portfolio_ids` on `day` atomically."""
     async with session_scope(database_url) as session:
         conn = await raw_connection(session)
         claimed = await repo.claim_slots(
-            conn, day, portfolio_ids, skip_if_later=skip_if_later, require_holdings=require_holdings
+            conn, day, portfolio_ids, skip_if_later=skip_if_later,
+            require_holdings=require_holdings, restate_degraded_before=restate_degraded_before,
         )
         if not claimed:
             return DateOutcome(day, 0, 0)
@@ -114,6 +116,7 @@ async def refresh_portfolios(
     *,
     explicit: bool = False,
     max_backfill: int = 30,
+    restate_degraded_before: dt.datetime | None = None,
 ) -> list[DateOutcome]:
     """Bring `portfolio_ids` through every batch date up to `day` they lack, oldest first.
 
@@ -122,6 +125,8 @@ async def refresh_portfolios(
     processed out of order or concurrently still chain correctly. `explicit` (one portfolio
     asked for at one date: onboarding's first snapshot, a manual refresh) makes that snapshot
     even under a later one and does not backfill a portfolio that has none yet.
+    `restate_degraded_before` (the batch plan's time): a snapshot of `day` made before it
+    with missing inputs is restated now that the date's batch has completed.
     """
     async with session_scope(database_url) as session:
         conn = await raw_connection(session)
@@ -143,6 +148,7 @@ async def refresh_portfolios(
         await refresh_date(
             database_url, day, portfolio_ids, params,
             skip_if_later=not explicit, require_holdings=not explicit,
+            restate_degraded_before=restate_degraded_before,
         )
     )
     return outcomes

@@ -55,7 +55,10 @@ _ELIGIBLE = """
                       WHERE o.portfolio_id = p.id AND o.status = 'running')
       AND EXISTS (SELECT 1 FROM positions x WHERE x.portfolio_id = p.id AND x.entry_date <= $1)
       AND NOT EXISTS (SELECT 1 FROM portfolio_snapshots s
-                      WHERE s.portfolio_id = p.id AND s.snapshot_date >= $1 AND s.is_complete)
+                      WHERE s.portfolio_id = p.id AND s.snapshot_date >= $1 AND s.is_complete
+                        -- made with missing inputs before this plan: restate it
+                        AND NOT (s.snapshot_date = $1 AND s.is_degraded
+                                 AND s.completed_at < $2))
 """
 
 
@@ -63,6 +66,10 @@ async def eligible_portfolios(
     conn: asyncpg.Connection, day: dt.date, created_before: dt.datetime
 ) -> list[uuid.UUID]:
     """Active portfolios holding something on `day` with no complete snapshot on or after it.
+
+    A complete snapshot of `day` made with missing prices or betas (`is_degraded`) before
+    `created_before` (the plan's time) does not count: the date's batch has now brought its
+    inputs, so it is restated (once per plan: the restated row is completed after it).
 
     A portfolio already snapshotted on a later date is left alone: inserting an earlier
     snapshot under a later one would count the P&L between them twice. A portfolio still
@@ -148,11 +155,13 @@ async def claim_slots(
     *,
     skip_if_later: bool,
     require_holdings: bool = True,
+    restate_degraded_before: dt.datetime | None = None,
 ) -> list[uuid.UUID]:
     """Claim the (portfolio, day) slots of this transaction; returns the ones it owns.
 
     A new slot is inserted with is_complete=false; a half slot left incomplete is re-claimed
-    (redone); a complete one is skipped. The inserted/updated rows stay locked until commit,
+    (redone); a complete one is skipped, unless it is degraded (made with missing inputs) and
+    was completed before `restate_degraded_before`: then it is redone (restated). The inserted/updated rows stay locked until commit,
     so a concurrent claimer of the same slot waits and then sees it complete. Rows are taken
     in portfolio-id order, so two overlapping claimers lock in the same order (no deadlock).
     """
@@ -169,13 +178,15 @@ async def claim_slots(
                 SELECT 1 FROM positions x WHERE x.portfolio_id = p.id AND x.entry_date <= $2))
         ORDER BY p.id
         ON CONFLICT (portfolio_id, snapshot_date)
-        DO UPDATE SET claimed_at = now() WHERE s.is_complete = false
+        DO UPDATE SET claimed_at = now()
+        WHERE s.is_complete = false OR (s.is_degraded AND s.completed_at < $5)
         RETURNING s.portfolio_id
         """,
         list(portfolio_ids),
         day,
         skip_if_later,
         require_holdings,
+        restate_degraded_before,
     )
     return sorted(r["portfolio_id"] for r in rows)
 
@@ -283,10 +294,15 @@ async def load_chunk(
     betas = _frame(
         await conn.fetch(
             """
-            SELECT DISTINCT ON (symbol, factor_name) symbol, factor_name, beta
-            FROM symbol_factor_exposures
-            WHERE symbol = ANY($1::text[]) AND calculation_date <= $2 AND calculation_date >= $3
-            ORDER BY symbol, factor_name, calculation_date DESC
+            -- all of a symbol's betas from one date: its latest <= the day (within the age)
+            WITH latest AS (
+                SELECT symbol, max(calculation_date) AS d FROM symbol_factor_exposures
+                WHERE symbol = ANY($1::text[]) AND calculation_date <= $2
+                  AND calculation_date >= $3
+                GROUP BY symbol)
+            SELECT e.symbol, e.factor_name, e.beta
+            FROM symbol_factor_exposures e JOIN latest l
+              ON e.symbol = l.symbol AND e.calculation_date = l.d
             """,
             symbols,
             day,
@@ -323,15 +339,20 @@ async def complete_snapshots(
             position_count = u.position_count, has_stale_prices = u.has_stale_prices,
             stale_symbols = ARRAY(SELECT jsonb_array_elements_text(u.stale_symbols::jsonb)),
             has_model_prices = u.has_model_prices, details = u.details::jsonb,
+            equity_source = u.equity_source, valuation_adjustment = u.valuation_adjustment,
+            exposure_basis = u.exposure_basis, data_quality = u.data_quality::jsonb,
+            is_degraded = u.is_degraded,
             is_complete = true, completed_at = now()
         FROM unnest($2::uuid[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[],
                     $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[], $11::numeric[],
                     $12::numeric[], $13::numeric[], $14::numeric[], $15::int[], $16::bool[],
-                    $17::text[], $18::bool[], $19::text[])
+                    $17::text[], $18::bool[], $19::text[], $20::text[], $21::numeric[],
+                    $22::text[], $23::text[], $24::bool[])
              AS u(portfolio_id, equity, total_value, long_value, short_value, gross_exposure,
                   net_exposure, daily_pnl, daily_unrealized_pnl, daily_realized_pnl,
                   daily_return, cumulative_pnl, capital_flow, position_count, has_stale_prices,
-                  stale_symbols, has_model_prices, details)
+                  stale_symbols, has_model_prices, details, equity_source,
+                  valuation_adjustment, exposure_basis, data_quality, is_degraded)
         WHERE s.portfolio_id = u.portfolio_id AND s.snapshot_date = $1
         """,
         day,
@@ -353,6 +374,11 @@ async def complete_snapshots(
         [json.dumps(s) for s in col["stale_symbols"]],
         col["has_model_prices"],
         [json.dumps(d) for d in col["details"]],
+        col["equity_source"],
+        col["valuation_adjustment"],
+        col["exposure_basis"],
+        [json.dumps(d) for d in col["data_quality"]],
+        col["is_degraded"],
     )
     return int(result.split()[-1])
 
@@ -408,6 +434,11 @@ async def write_position_snapshots(
             values["market_value"].to_numpy(dtype="float64").tolist(),
             values["daily_pnl"].to_numpy(dtype="float64").tolist(),
             values["realized_pnl"].to_numpy(dtype="float64").tolist(),
+            values["valuation_adjustment"].to_numpy(dtype="float64").tolist(),
+            [None if not a or np.isnan(d) else d
+             for d, a in zip(values["delta"].to_numpy(dtype="float64").tolist(), active.tolist(),
+                             strict=True)],
+            values["is_expired"].astype(bool).tolist(),
             model_inputs,
             strict=True,
         )
@@ -416,14 +447,17 @@ async def write_position_snapshots(
         conn,
         "refresh_position_values",
         "position_id uuid, portfolio_id uuid, price float8, price_source text, "
-        "market_value float8, daily_pnl float8, realized_pnl float8, model_inputs text",
+        "market_value float8, daily_pnl float8, realized_pnl float8, "
+        "valuation_adjustment float8, delta float8, is_expired bool, model_inputs text",
         records,
         f"""
         INSERT INTO position_snapshots (position_id, snapshot_date, portfolio_id, price,
-            price_source, market_value, daily_pnl, realized_pnl, model_inputs)
+            price_source, market_value, daily_pnl, realized_pnl, valuation_adjustment, delta,
+            is_expired, model_inputs)
         SELECT position_id, DATE '{day.isoformat()}', portfolio_id, round(price::numeric, 6),
                price_source, round(market_value::numeric, 2), round(daily_pnl::numeric, 2),
-               round(realized_pnl::numeric, 2), model_inputs::jsonb
+               round(realized_pnl::numeric, 2), round(valuation_adjustment::numeric, 2), delta,
+               is_expired, model_inputs::jsonb
         FROM refresh_position_values
         """,
     )
@@ -474,14 +508,14 @@ async def write_factor_exposures(
         await _copy_via_staging(
             conn,
             "refresh_position_weights",
-            "position_id uuid, portfolio_id uuid, beta_symbol text, market_value float8, "
+            "position_id uuid, portfolio_id uuid, beta_symbol text, exposure_value float8, "
             "weight float8",
             list(
                 zip(
                     weights["position_id"].tolist(),
                     weights["portfolio_id"].tolist(),
                     weights["beta_symbol"].tolist(),
-                    weights["market_value"].to_numpy(dtype="float64").tolist(),
+                    weights["exposure_value"].to_numpy(dtype="float64").tolist(),
                     weights["weight"].to_numpy(dtype="float64").tolist(),
                     strict=True,
                 )
@@ -490,7 +524,7 @@ async def write_factor_exposures(
             INSERT INTO position_factor_exposures (position_id, calculation_date, factor_name,
                 portfolio_id, beta, weight, exposure_dollar)
             SELECT w.position_id, DATE '{day.isoformat()}', b.factor_name, w.portfolio_id,
-                   b.beta, w.weight, round((b.beta * w.market_value)::numeric, 2)
+                   b.beta, w.weight, round((b.beta * w.exposure_value)::numeric, 2)
             FROM refresh_position_weights w JOIN refresh_betas b ON b.symbol = w.beta_symbol
             WHERE b.beta = b.beta  -- not NaN
             """,
