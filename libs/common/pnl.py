@@ -542,6 +542,10 @@ def _position_values(
         ~(values["is_option"] & ~values["is_carried"]), values["underlying_symbol"]
     )
     _allocate_position_cents(values)
+    # Plain positions weigh their market value as stored (cents), so an unlevered long-only
+    # book's weights sum to exactly 1 against an equity that is that value.
+    plain = ~(values["is_option"] & ~values["is_carried"]).to_numpy()
+    values.loc[plain, "exposure_value"] = values.loc[plain, "market_value"]
     return values
 
 

@@ -125,7 +125,11 @@ async def overview_figures(session: AsyncSession, portfolio_id: uuid.UUID) -> di
                 SELECT * FROM portfolio_snapshots
                 WHERE portfolio_id = :p AND is_complete
                 ORDER BY snapshot_date DESC LIMIT 1)
-            SELECT p.equity_balance AS starting_equity,
+            -- none stated: the first snapshot's starting equity (its net market value)
+            SELECT COALESCE(p.equity_balance, (
+                       SELECT (f.details->>'equity_start')::numeric FROM portfolio_snapshots f
+                       WHERE f.portfolio_id = p.id AND f.is_complete
+                       ORDER BY f.snapshot_date LIMIT 1)) AS starting_equity,
                    l.snapshot_date, l.completed_at, l.equity, l.long_value, l.short_value,
                    l.gross_exposure, l.net_exposure, l.cumulative_pnl,
                    s.unrealized, s.realized, s.ytd, s.mtd,
@@ -226,7 +230,7 @@ async def caller_portfolios(session: AsyncSession, user_id: uuid.UUID) -> list[d
         text(
             """
             SELECT p.id AS portfolio_id, p.name, p.account_name, p.account_type,
-                   l.snapshot_date, COALESCE(l.equity, p.equity_balance) AS value
+                   l.snapshot_date, COALESCE(l.equity, p.equity_balance, 0) AS value
             FROM portfolios p
             LEFT JOIN LATERAL (
                 SELECT snapshot_date, equity FROM portfolio_snapshots s

@@ -249,7 +249,8 @@ async def job(session: AsyncSession, job_id: uuid.UUID, viewer: Caller) -> dict[
 
 
 PORTFOLIO_SQL = """
-    SELECT p.id, p.id AS portfolio_id, p.name, p.equity_balance, p.currency, p.created_at,
+    SELECT p.id, p.id AS portfolio_id, p.name, p.equity_balance, p.equity_source, p.currency,
+           p.created_at,
            (SELECT count(*) FROM positions x WHERE x.portfolio_id = p.id) AS position_count,
            po.status AS onboarding_status,
            (SELECT max(snapshot_date) FROM portfolio_snapshots s
@@ -261,7 +262,8 @@ PORTFOLIO_SQL = """
 SNAPSHOT_COLUMNS = """
     snapshot_date, equity, total_value, long_value, short_value, gross_exposure, net_exposure,
     daily_pnl, daily_unrealized_pnl, daily_realized_pnl, daily_return, cumulative_pnl,
-    capital_flow, position_count, has_stale_prices, stale_symbols, has_model_prices
+    capital_flow, position_count, has_stale_prices, stale_symbols, has_model_prices,
+    equity_source, valuation_adjustment, exposure_basis, data_quality, is_degraded
 """
 
 
@@ -293,7 +295,13 @@ async def snapshots(session: AsyncSession, portfolio_id: uuid.UUID, start: dt.da
         ),
         {"portfolio_id": portfolio_id, "start": start, "end": end, "limit": limit},
     )
-    return [{**r, "stale_symbols": list(r["stale_symbols"] or [])} for r in rows.mappings()]
+    return [{**r, "stale_symbols": list(r["stale_symbols"] or []),
+             "data_quality": _json(r["data_quality"]) or {}} for r in rows.mappings()]
+
+
+def _json(value: Any) -> Any:
+    """A json/jsonb value as Python (text() results may come back as a string)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 async def positions(session: AsyncSession, portfolio_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -308,7 +316,7 @@ async def positions(session: AsyncSession, portfolio_id: uuid.UUID) -> list[dict
                    p.investment_subtype, p.underlying_symbol, p.strike_price,
                    p.expiration_date, p.option_type, p.multiplier,
                    ps.snapshot_date AS valuation_date, ps.price, ps.price_source,
-                   ps.market_value
+                   ps.market_value, ps.delta, COALESCE(ps.is_expired, false) AS is_expired
             FROM positions p
             LEFT JOIN position_snapshots ps ON ps.position_id = p.id
                  AND ps.snapshot_date = (SELECT d FROM latest)

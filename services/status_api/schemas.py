@@ -127,7 +127,12 @@ class PortfolioOut(BaseModel):
     id: uuid.UUID
     portfolio_id: uuid.UUID
     name: str
-    equity_balance: Decimal
+    equity_balance: Decimal | None = Field(description=(
+        "The starting equity stated at upload; null when none was stated (the first "
+        "snapshot then starts from the net market value of the positions)."))
+    equity_source: str = Field("stated", description=(
+        "`stated` (equity_balance) or `net_market_value` (longs − shorts + option marks + "
+        "carried assets at the first snapshot date). " + "Equity is the capital returns and factor weights are measured against: daily_return = daily_pnl / previous equity, weight = (delta-adjusted) market value / equity. It rolls forward as equity + daily P&L + capital flows + valuation adjustments."))
     currency: str
     created_at: dt.datetime
     position_count: int
@@ -137,7 +142,21 @@ class PortfolioOut(BaseModel):
 
 class SnapshotOut(BaseModel):
     snapshot_date: dt.date
-    equity: Decimal | None
+    equity: Decimal | None = Field(description="Equity is the capital returns and factor weights are measured against: daily_return = daily_pnl / previous equity, weight = (delta-adjusted) market value / equity. It rolls forward as equity + daily P&L + capital flows + valuation adjustments.")
+    equity_source: str | None = Field(None, description=(
+        "Where the first snapshot's equity came from: `stated` or `net_market_value`."))
+    valuation_adjustment: Decimal | None = Field(None, description=(
+        "Re-marks of positions carried at their entry price until their first quote: "
+        "part of equity, not of daily_pnl or daily_return."))
+    exposure_basis: str | None = Field(None, description=(
+        "What factor weights were measured against: `equity`, or `gross_exposure` when "
+        "equity is ≤ 0 (then daily_return is null)."))
+    data_quality: dict[str, list[str]] = Field(default_factory=dict, description=(
+        "Symbols this snapshot lacked inputs for: no_price (carried at entry price), "
+        "stale_price, no_betas (left out of factor exposures), expired_options (valued at "
+        "intrinsic value at expiry)."))
+    is_degraded: bool = Field(False, description=(
+        "Made with missing prices or betas; restated when its date's symbol batch completes."))
     total_value: Decimal | None
     long_value: Decimal | None
     short_value: Decimal | None
@@ -179,6 +198,11 @@ class PositionOut(BaseModel):
     price: Decimal | None
     price_source: str | None
     market_value: Decimal | None
+    delta: float | None = Field(None, description=(
+        "Options: Black-Scholes delta on the valuation date (weights the factor exposures: "
+        "Δ × quantity × 100 × underlying price / equity); expired options 0."))
+    is_expired: bool = Field(False, description=(
+        "An option past expiry, valued at its intrinsic value at the expiry close."))
 
 
 class FactorExposureOut(BaseModel):
