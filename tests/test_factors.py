@@ -202,3 +202,28 @@ def test_an_exact_linear_symbol_gets_its_slope_capped_with_r2_one(
     if abs(slope) > 1e-6:
         assert market.r2 == pytest.approx(1.0, abs=1e-9)
     assert market.n_obs == 90 - len(range(0, holes, 3))  # the holes all fall in the window
+
+
+def test_one_missing_etf_day_does_not_make_every_symbol_limited(returns, as_of):
+    gap = returns.copy()
+    gap.loc[gap.index[-10], "SPY"] = np.nan  # the ETF lacks one session of the window
+    out = fx.compute_exposures(gap, as_of, symbols=["MSFT", "AMD"])
+    msft = _row(out, "MSFT", "market")
+    assert msft.n_obs == 89 and msft.quality == fx.QUALITY_FULL
+    assert _row(out, "AMD", "market").quality == fx.QUALITY_LIMITED  # its own holes still count
+    # Many missing ETF sessions are thin data for everyone: limited.
+    thin = returns.copy()
+    thin.loc[thin.index[-30:-20], "SPY"] = np.nan
+    assert _row(fx.compute_exposures(thin, as_of, symbols=["MSFT"]), "MSFT",
+                "market").quality == fx.QUALITY_LIMITED
+
+
+def test_a_symbol_without_recent_prices_gets_no_fresh_betas(returns, as_of):
+    frame = returns.copy()
+    frame["GONE"] = frame["MSFT"]
+    frame.iloc[-fx.STALE_SYMBOL_SESSIONS:, frame.columns.get_loc("GONE")] = np.nan  # delisted
+    frame["PAUSED"] = frame["MSFT"]
+    frame.iloc[-(fx.STALE_SYMBOL_SESSIONS - 1):, frame.columns.get_loc("PAUSED")] = np.nan
+    out = fx.compute_exposures(frame, as_of, symbols=["GONE", "PAUSED"])
+    assert out[out.symbol == "GONE"].empty
+    assert _row(out, "PAUSED", "market").n_obs == 90 - (fx.STALE_SYMBOL_SESSIONS - 1)

@@ -27,9 +27,13 @@ Models (the factor set of the original system):
   that spread" and matches how the original system stored them.
 
 Every beta is capped at +/-5. r2 is the fit's in-sample R^2 (of the uncapped fit; shared by all
-coefficients of the joint ridge), n_obs the days used. quality is ``full`` when every session of
-the window was observed and ``limited`` otherwise; below ``min_obs`` no row is produced at all
-(a missing beta is honest, a zero would read as "no exposure").
+coefficients of the joint ridge), n_obs the days used. quality is ``full`` when the symbol was
+observed on every session of the window its regressors were (a day the factor ETFs lack, e.g.
+one missing ETF quote, is nobody's fault and does not make every symbol ``limited``) and the
+regressors themselves miss at most ``REGRESSOR_GAP_TOLERANCE`` sessions; ``limited`` otherwise.
+Below ``min_obs`` no row is produced at all (a missing beta is honest, a zero would read as "no
+exposure"), and neither for a symbol without a return in the last ``STALE_SYMBOL_SESSIONS``
+sessions (delisted or suspended: its old window would pass for fresh betas).
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ import numpy as np
 import pandas as pd
 
 BETA_CAP = 5.0
+#: Sessions of the window the factor ETFs may lack and betas still count as full history.
+REGRESSOR_GAP_TOLERANCE = 2
+#: A symbol with no return in this many latest sessions gets no fresh betas.
+STALE_SYMBOL_SESSIONS = 5
 QUALITY_FULL = "full"
 QUALITY_LIMITED = "limited"
 
@@ -134,6 +142,7 @@ class _Fit:
     beta: np.ndarray  # (n_symbols, n_factors)
     r2: np.ndarray  # (n_symbols, n_factors)
     n_obs: np.ndarray  # (n_symbols, n_factors)
+    sessions: np.ndarray  # (n_factors,) rows of the window where the regressor(s) had a value
 
 
 def _window(returns: pd.DataFrame, as_of: date | pd.Timestamp, length: int) -> pd.DataFrame:
@@ -253,7 +262,7 @@ def _fit_model(
         return responses[key]
 
     if model.method == "ols":
-        betas, r2s, ns = [], [], []
+        betas, r2s, ns, sessions = [], [], [], []
         for reg in model.regressors:  # one univariate fit per regressor, all symbols at once
             x = etf[reg.long][rows]
             if reg.short is not None:
@@ -263,14 +272,17 @@ def _fit_model(
             betas.append(beta)
             r2s.append(r2)
             ns.append(response.n)
-        return _Fit(np.column_stack(betas), np.column_stack(r2s), np.column_stack(ns))
+            sessions.append(int((~np.isnan(x)).sum()))
+        return _Fit(np.column_stack(betas), np.column_stack(r2s), np.column_stack(ns),
+                    np.asarray(sessions))
     x = np.column_stack([etf[r.long][rows] for r in model.regressors])
     row_ok = ~np.isnan(x).any(axis=1)
     response = response_for(row_ok)
     beta, r2 = _ridge_standardised(x, row_ok, response, model.alpha)
     k = len(model.regressors)
     n = response.n
-    return _Fit(beta, np.repeat(r2[:, None], k, axis=1), np.repeat(n[:, None], k, axis=1))
+    return _Fit(beta, np.repeat(r2[:, None], k, axis=1), np.repeat(n[:, None], k, axis=1),
+                np.full(k, int(row_ok.sum())))
 
 
 def compute_exposures(
@@ -296,6 +308,10 @@ def compute_exposures(
     etf_position = frame.columns.get_indexer(list(FACTOR_ETFS))
     etf = {e: values[:, i] for e, i in zip(FACTOR_ETFS, etf_position, strict=True) if i >= 0}
     symbol_names = np.asarray(symbols, dtype=object)
+    # Sessions since each symbol's last return (the whole window if none): stale ones get no betas.
+    observed = ~np.isnan(y_all)
+    since_last = np.where(observed.any(axis=0), np.argmax(observed[::-1], axis=0), len(frame))
+    fresh = since_last < STALE_SYMBOL_SESSIONS
     pieces = []
     responses: dict[tuple[int, bytes], _Response] = {}
     for model in models:
@@ -303,7 +319,10 @@ def compute_exposures(
         if fit is None:
             continue
         n_obs = fit.n_obs.astype(np.int64)
-        keep = (n_obs >= model.min_obs) & np.isfinite(fit.beta)
+        keep = (n_obs >= model.min_obs) & np.isfinite(fit.beta) & fresh[:, None]
+        complete = (n_obs >= fit.sessions[None, :]) & (
+            fit.sessions[None, :] >= model.window - REGRESSOR_GAP_TOLERANCE
+        )
         sym_idx, fac_idx = np.nonzero(keep)
         factor_names = np.asarray(model.factors, dtype=object)
         pieces.append(
@@ -314,9 +333,9 @@ def compute_exposures(
                     "beta": np.clip(fit.beta[keep], -BETA_CAP, BETA_CAP),
                     "r2": fit.r2[keep],
                     "n_obs": n_obs[keep],
-                    "quality": np.where(
-                        n_obs[keep] >= model.window, QUALITY_FULL, QUALITY_LIMITED
-                    ).astype(object),
+                    "quality": np.where(complete[keep], QUALITY_FULL, QUALITY_LIMITED).astype(
+                        object
+                    ),
                 }
             )
         )
