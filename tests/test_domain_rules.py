@@ -97,3 +97,15 @@ def test_each_rule_is_written_once() -> None:
         found = sorted(str(p.relative_to(ROOT)) for p in _sources()
                        if re.search(pattern, p.read_text()))
         assert found == ([home] if home else []), (pattern, found)
+
+
+def test_an_expired_option_is_accepted_with_a_warning() -> None:
+    parsed = parse_portfolio_csv(csv_bytes(
+        ",10,5.00,2024-03-01,OPTIONS,,SPY,500,2024-06-21,CALL,,",
+        ",10,5.00,2024-03-01,OPTIONS,,SPY,500,2024-06-21,PUT,2024-06-01,4.00",
+        ",10,5.00,2024-03-01,OPTIONS,,SPY,500,2027-06-18,CALL,,"),
+        today=dt.date(2026, 11, 27))
+    assert parsed.ok, parsed.problems
+    (warning,) = parsed.warnings  # the exited one and the live one are not warned about
+    assert (warning.row, warning.column) == (2, "Expiration Date")
+    assert "expired on 2024-06-21" in warning.message and "intrinsic" in warning.message

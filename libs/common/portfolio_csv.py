@@ -124,6 +124,8 @@ class ParsedPosition:
 class ParseResult:
     positions: list[ParsedPosition] = field(default_factory=list)
     problems: list[CsvProblem] = field(default_factory=list)
+    # Accepted, but worth telling the user (e.g. an option that already expired).
+    warnings: list[CsvProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -209,6 +211,12 @@ def _parse_text(text: str, result: ParseResult, today: date, max_rows: int) -> N
                     "or if they are two lots, combine them into one line.")))
                 continue
             result.positions.append(position)
+            if (position.expiration_date is not None and position.expiration_date < today
+                    and position.exit_date is None):
+                result.warnings.append(CsvProblem(line_no, "Expiration Date", (
+                    f"The option expired on {position.expiration_date} and has no exit: it is "
+                    "valued at its intrinsic value at the expiry close from then on (flagged "
+                    "expired, no delta).")))
     except csv.Error as exc:
         result.problems.append(CsvProblem(lines.record_start(), None, (
             f"This line cannot be read as CSV ({exc}). Check for unbalanced quotes.")))

@@ -38,6 +38,12 @@ class UploadResponse(BaseModel):
     status: Literal["running", "completed", "partial", "failed"]
     mode: Literal["v2_instant", "v2_async"]
     queued_symbols: list[str] = Field(default_factory=list)
+    equity_source: str = Field("stated", description=(
+        "`stated` (equity_balance was sent) or `net_market_value`: the first snapshot starts "
+        "from the positions' net market value on its date."))
+    warnings: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "Accepted rows worth a look, as {row, column, message}: e.g. options already expired "
+        "(valued at intrinsic value at expiry)."))
 
 
 class OverallProgress(BaseModel):

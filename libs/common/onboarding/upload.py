@@ -21,7 +21,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy.exc import IntegrityError
@@ -83,6 +83,7 @@ class UploadResult:
     # first snapshot then starts from the net market value on its date.
     equity_balance: Decimal = Decimal(0)
     equity_source: str = EquitySource.STATED
+    warnings: list[dict[str, object]] = field(default_factory=list)  # {row, column, message}
     account_name: str | None = None
     account_type: str | None = None
 
@@ -254,4 +255,5 @@ async def upload_portfolio(
         equity_source=EquitySource.STATED if equity is not None else EquitySource.NET_MARKET_VALUE,
         account_name=account.name if account else None,
         account_type=account.type if account else None,
+        warnings=[w.as_dict() for w in parsed.warnings],
     )

@@ -80,7 +80,10 @@ async def create_portfolio(
     file: Annotated[UploadFile, File(description="The CSV, UTF-8, at most 2 MB.")],
     name: Annotated[str, Form(description="Portfolio name.")],
     equity_balance: Annotated[str | None, Form(description=(
-        "Starting equity. Default: the net entry value of the positions."))] = None,
+        "Starting equity: the capital returns (daily P&L / previous equity) and factor "
+        "weights (market value / equity) are measured against. Default: the net market "
+        "value of the positions at the first snapshot date (equity_source "
+        "`net_market_value`); a book whose net value is ≤ 0 must send it (422)."))] = None,
 ) -> UploadResponse | JSONResponse:
     """Store a portfolio from a CSV and start its onboarding.
 
@@ -124,7 +127,8 @@ async def create_portfolio(
     return UploadResponse(
         portfolio_id=result.portfolio_id, positions_created=result.positions_created,
         symbols_known=len(result.symbols_known), symbols_queued=len(result.symbols_queued),
-        status=result.status, mode=result.mode, queued_symbols=result.symbols_queued)
+        status=result.status, mode=result.mode, queued_symbols=result.symbols_queued,
+        equity_source=result.equity_source, warnings=result.warnings)
 
 
 @router.get("", response_model=list[PortfolioOut], summary="The caller's portfolios")
