@@ -340,3 +340,30 @@ def test_factory_chooses_by_settings():
     real = get_provider(Settings(MARKET_DATA_PROVIDER="yfinance"))
     assert sample.name == "sample" and real.name == "yfinance"
     assert isinstance(sample, MarketDataProvider) and isinstance(real, MarketDataProvider)
+
+
+async def test_synthetic_series_is_levelled_to_its_anchor_real_history_untouched() -> None:
+    anchors = {"NVDA": (date(2025, 6, 30), 72.0), "AAPL": (date(2020, 6, 30), 1.0)}
+
+    async def anchor_source(symbols: list[str]) -> dict:
+        return {s: anchors[s] for s in symbols if s in anchors}
+
+    start, end = date(2025, 6, 2), date(2025, 7, 31)
+    plain = (await SampleProvider().fetch_prices(["NVDA", "AAPL"], start, end)).bars
+    levelled = (await SampleProvider(anchor_source).fetch_prices(["NVDA", "AAPL"], start,
+                                                                 end)).bars
+    nvda = levelled[levelled.symbol == "NVDA"].set_index("date")
+    assert nvda.loc[date(2025, 6, 30), "close"] == pytest.approx(72.0, abs=1e-6)
+    assert set(nvda["source"]) == {sample_mod.SOURCE_LEVELLED}
+    raw = plain[plain.symbol == "NVDA"].set_index("date")["close"].astype(float)
+    # a level, not a new path: returns are the same
+    ratio = nvda["close"].astype(float) / raw
+    np.testing.assert_allclose(ratio, 72.0 / raw.loc[date(2025, 6, 30)], rtol=1e-6)
+    # the same anchor from a later range (the nightly batch) gives the same level
+    later = (await SampleProvider(anchor_source).fetch_prices(["NVDA"], date(2025, 7, 1),
+                                                              end)).bars.set_index("date")
+    assert later.loc[date(2025, 7, 31), "close"] == nvda.loc[date(2025, 7, 31), "close"]
+    # AAPL has real history: neither its real bars nor its continuation are levelled
+    aapl_plain = plain[plain.symbol == "AAPL"].reset_index(drop=True)
+    aapl = levelled[levelled.symbol == "AAPL"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(aapl, aapl_plain)

@@ -16,8 +16,11 @@ def get_provider(settings: Settings | None = None) -> MarketDataProvider:
         inner = YFinanceProvider(rate_per_second=settings.provider_rate_per_second)
     else:
         from libs.common.market_data.sample import SampleProvider
+        from libs.common.market_data.sample_anchors import first_entry_anchors
 
-        inner = SampleProvider()
+        # Synthetic series levelled to the first upload's entry price (read from the database).
+        inner = SampleProvider(anchor_source=first_entry_anchors(settings.database_url)
+                               if settings.database_url else None)
     if settings.provider_faults:
         from libs.common.market_data.faults import FaultInjectingProvider, parse_faults
 

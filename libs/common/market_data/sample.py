@@ -17,6 +17,13 @@ come from a seed derived from its ticker; the noise is drawn in fixed blocks of 
 by (ticker, block), so the price of a symbol on a date never depends on the range requested.
 The factor ETFs' synthetic bars are the latent combinations they are meant to track, so the
 factor engine recovers meaningful betas. Profiles and earnings dates are deterministic as well.
+
+Levelling (``sample:synthetic:levelled``): a symbol with no real history starts at an arbitrary
+seeded price, so a portfolio bought at 72 could see 7.88 and a fake crash. Given an anchor
+(date, price) — by default the entry price of the symbol's first uploaded position, read by
+``anchor_source`` — its whole synthetic series is scaled so that its close on that date is that
+price. Returns, and so betas, are unchanged; the same anchor gives the same level to every
+caller (onboarding and the nightly batch). Real and proxy history is never levelled.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import asyncio
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
@@ -51,6 +58,7 @@ SAMPLE_START = date(2014, 1, 2)
 REAL_END = date(2022, 12, 28)
 SOURCE_REAL = "sample:real"
 SOURCE_SYNTHETIC = "sample:synthetic"
+SOURCE_LEVELLED = "sample:synthetic:levelled"
 SOURCE_STATIC_PROFILE = "sample:static"
 BLOCK = 256
 
@@ -387,10 +395,48 @@ def earnings_window(symbol: str, as_of: date) -> tuple[date | None, date | None]
     return last, nxt
 
 
+#: symbol -> (date, price) the synthetic series must pass through.
+Anchors = dict[str, tuple[date, float]]
+AnchorSource = Callable[[list[str]], Awaitable[Anchors]]
+
+
+def is_synthetic_only(symbol: str) -> bool:
+    """No real or proxy history shipped: the whole series is generated."""
+    return symbol not in _real_prices().columns
+
+
+def level_bars(bars: pd.DataFrame, anchors: Anchors) -> pd.DataFrame:
+    """Scale each anchored, purely synthetic symbol's bars so they pass through its anchor.
+
+    The factor is anchor price / the generated close on the last session on or before the
+    anchor date (computed on the symbol's full path, so it does not depend on the range).
+    """
+    if bars.empty or not anchors:
+        return bars
+    out = bars.copy()
+    for symbol, (day, price) in anchors.items():
+        rows = (out["symbol"] == symbol).to_numpy()
+        if not rows.any() or not is_synthetic_only(symbol) or not price or price <= 0:
+            continue
+        path = _path(symbol, max(day, SAMPLE_START))
+        at = path.dates.searchsorted(pd.Timestamp(day), side="right") - 1
+        if at < 0:
+            continue
+        factor = float(price) / float(path.close[at])
+        for column in ("open", "high", "low", "close", "adj_close"):
+            values = pd.to_numeric(out.loc[rows, column], errors="coerce")
+            out.loc[rows, column] = np.round(values * factor, 6)
+        out.loc[rows, "source"] = SOURCE_LEVELLED
+    return out
+
+
 class SampleProvider:
     """Offline provider (MARKET_DATA_PROVIDER=sample): see the module docstring."""
 
     name = "sample"
+
+    def __init__(self, anchor_source: AnchorSource | None = None) -> None:
+        self.anchor_source = anchor_source
 
     def _prices(self, symbols: Sequence[str], start: date, end: date) -> PriceResult:
         allowed, failures = refuse_excluded(symbols)
@@ -409,7 +455,12 @@ class SampleProvider:
         return PriceResult(bars=bars, failures=failures)
 
     async def fetch_prices(self, symbols: Sequence[str], start: date, end: date) -> PriceResult:
-        return await asyncio.to_thread(self._prices, list(symbols), start, end)
+        result = await asyncio.to_thread(self._prices, list(symbols), start, end)
+        if self.anchor_source is not None and not result.bars.empty:
+            synthetic = sorted(s for s in set(result.bars["symbol"]) if is_synthetic_only(s))
+            anchors = await self.anchor_source(synthetic) if synthetic else {}
+            result.bars = level_bars(result.bars, anchors)
+        return result
 
     def _profile(self, symbol: str, as_of: date) -> Profile:
         model = symbol_model(symbol)
