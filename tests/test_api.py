@@ -122,9 +122,11 @@ async def test_equity_balance_default_and_explicit(settings):
         short_book = await client.post(UPLOAD, headers=headers, **upload_form(
             csv_bytes("MSFT,-4,50.00,2025-06-30,,,,,,,,")))
         listing = (await client.get(UPLOAD, headers=headers)).json()
-    equities = {p["id"]: p["equity_balance"] for p in listing}
-    assert equities[default.json()["portfolio_id"]] == "800.000000"
-    assert equities[explicit.json()["portfolio_id"]] == "2500.000000"
+    equities = {p["id"]: (p["equity_balance"], p["equity_source"]) for p in listing}
+    # none stated: the first snapshot starts from the net market value (issue 9), not 800
+    assert equities[default.json()["portfolio_id"]] == (None, "net_market_value")
+    assert default.json()["equity_source"] == "net_market_value"
+    assert equities[explicit.json()["portfolio_id"]] == ("2500.000000", "stated")
     assert short_book.status_code == 422
     assert short_book.json()["errors"][0]["column"] == "equity_balance"
 

@@ -81,7 +81,8 @@ async def test_overview_and_factor_exposures_match_an_independent_computation(se
                                 headers=headers)
         only = await client.get(f"{base}/positions/factor-exposures?symbols=nvda,msft",
                                 headers=headers)
-    values = {s: q * closes[s] for s, (q, _) in BOOK.items()}
+    # market values as stored, to the cent (weights use them: issue 9)
+    values = {s: round(q * closes[s], 2) for s, (q, _) in BOOK.items()}
     long_v = sum(v for v in values.values() if v > 0)
     short_v = sum(v for v in values.values() if v < 0)
     body = PortfolioOverviewResponse.model_validate(overview.json())
@@ -166,7 +167,8 @@ async def test_all_accounts_aggregates_weight_portfolios_by_equity(settings):
     assert (book.total_value, book.portfolio_count) == (400_000, 2)
     assert {p.portfolio_id: p.weight for p in book.portfolios} == {first: 0.25, second: 0.75}
     assert book.calculation_date == as_of.isoformat()
-    values = {s: q * closes[s] for s, (q, _) in BOOK.items()}
+    # market values as stored, to the cent (weights use them: issue 9)
+    values = {s: round(q * closes[s], 2) for s, (q, _) in BOOK.items()}
     # Both books hold the same positions: their dollar exposures add up over total equity.
     market = 2 * sum(BOOK[s][1]["market"] * values[s] for s in BOOK) / 400_000
     aggregate = AggregateBetaResponse.model_validate(beta.json())
@@ -204,7 +206,8 @@ async def test_spread_factors_and_beta_comparison(settings):
                                    headers=headers)
         betas = await client.get(f"/api/v1/analytics/portfolio/{pid}/beta-comparison",
                                  headers=headers)
-    values = {s: q * closes[s] for s, (q, _) in BOOK.items()}
+    # market values as stored, to the cent (weights use them: issue 9)
+    values = {s: round(q * closes[s], 2) for s, (q, _) in BOOK.items()}
     body = SpreadFactorsResponse.model_validate(spreads.json())
     assert [f.name for f in body.factors] == ["Growth-Value Spread"]
     factor = body.factors[0]

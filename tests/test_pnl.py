@@ -377,7 +377,7 @@ def oracle_total_pnl(positions: list[dict], prices: list[dict], first: dt.date,
     return total
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_equity_rolls_forward_exactly_over_random_paths(scenario: dict) -> None:
     ports = portfolios(250_000)

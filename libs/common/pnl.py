@@ -322,24 +322,21 @@ def mark_positions(
     source[plain & has_quote & ~fresh] = SOURCE_STALE
     stale[plain & ~fresh] = True
 
-    model = pd.DataFrame(
-        {
-            "underlying_price": np.nan,
-            "underlying_price_date": pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns]"),
-            "model_years": np.nan,
-            "model_rate": np.nan,
-            "model_volatility": np.nan,
-            "model_volatility_source": pd.Series([None] * n, dtype=object),
-            "delta": np.nan,
-            "is_expired": False,
-        },
-        index=range(n),
-    )
+    model: dict[str, np.ndarray] = {
+        "underlying_price": np.full(n, np.nan),
+        "underlying_price_date": np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]"),
+        "model_years": np.full(n, np.nan),
+        "model_rate": np.full(n, np.nan),
+        "model_volatility": np.full(n, np.nan),
+        "model_volatility_source": np.full(n, None, dtype=object),
+        "delta": np.full(n, np.nan),
+        "is_expired": np.zeros(n, dtype=bool),
+    }
     idx = np.flatnonzero(is_option)
     if len(idx):
         opt = option_model(pos.iloc[idx], prices, when.iloc[idx], vols, params)
-        for column in model.columns:
-            model.loc[idx, column] = opt[column].to_numpy()
+        for column, array in model.items():
+            array[idx] = opt[column].to_numpy(dtype=array.dtype)
         # A quote on the date wins, unless expired (then frozen at intrinsic at expiry).
         expired = opt["is_expired"].to_numpy()
         use_quote = fresh[idx] & ~expired
@@ -363,16 +360,16 @@ def mark_positions(
     stale[no_price] = True
     price_date[no_price] = pd.NaT
 
-    marks = pd.DataFrame(
+    return pd.DataFrame(
         {
             "price": price,
             "price_date": price_date.to_numpy(),
             "price_source": source,
             "is_stale": stale,
             "has_quote": source != SOURCE_ENTRY,
+            **model,
         }
     )
-    return pd.concat([marks, model.reset_index(drop=True)], axis=1)
 
 
 # --------------------------------------------------------------------------- main entry
@@ -645,6 +642,8 @@ def _allocate_position_cents(values: pd.DataFrame) -> None:
 
 def _symbol_lists(values: pd.DataFrame, mask: pd.Series, column: str = "priced_symbol") -> pd.Series:
     """Per portfolio: the sorted distinct symbols of the rows in `mask`."""
+    if not mask.any():
+        return pd.Series(dtype=object)
     return (
         values.loc[mask, ["portfolio_id", column]]
         .dropna()
