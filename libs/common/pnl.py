@@ -252,14 +252,16 @@ def option_model(
     value_date = pd.Series(np.where(expired, expiry, at), dtype="datetime64[ns]")
     underlying = opts["underlying_symbol"].reset_index(drop=True)
     spot, spot_date = last_price_on_or_before(prices, underlying, value_date)
+    spot = np.array(spot, dtype="float64")  # writable (pandas may hand out read-only views)
     missing_at_expiry = expired & np.isnan(spot)
     if missing_at_expiry.any():
         later, later_date = _first_price_on_or_after(
             prices, underlying[missing_at_expiry], value_date[missing_at_expiry], at.max()
         )
         spot[missing_at_expiry] = later
-        spot_date = spot_date.copy()
-        spot_date[missing_at_expiry] = later_date.to_numpy()
+        dates = spot_date.to_numpy(dtype="datetime64[ns]").copy()
+        dates[missing_at_expiry] = later_date.to_numpy(dtype="datetime64[ns]")
+        spot_date = pd.Series(dates)
     vol = _volatility_at(vols, underlying, value_date)
     vol_source = np.where(np.isnan(vol), "default", "realised")
     vol = np.where(np.isnan(vol), params.default_volatility, vol)

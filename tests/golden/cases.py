@@ -310,4 +310,28 @@ CASES: list[dict] = [
             },
         },
     },
+    {
+        "name": "an option expired before any stored close: first later close stands in, stale",
+        "equity_balance": "100000",
+        "positions": [
+            {"id": "old", "symbol": "SPY240621P00600000", "quantity": -2, "entry_price": 30.00,
+             "entry_date": "2024-03-01", "investment_class": "OPTIONS",
+             "underlying_symbol": "SPY", "strike_price": 600, "expiration_date": "2024-06-21",
+             "option_type": "PUT"},
+        ],
+        # the fetched history starts after the expiry (the template's options of 2024)
+        "prices": {"SPY": {"2024-07-01": 540.00, "2024-07-02": 545.00}},
+        "betas": {},
+        "expect": {
+            "2024-07-01": {
+                "snapshot": {"total_value": "-12000.00",  # −2 × 100 × (600 − 540)
+                             "data_quality": {"expired_options": ["SPY240621P00600000"],
+                                              "stale_price": ["SPY"]}},
+                "positions": {"old": {"is_expired": True, "delta": 0.0}},
+            },
+            "2024-07-02": {
+                "snapshot": {"total_value": "-12000.00", "daily_pnl": "0.00"},  # frozen
+            },
+        },
+    },
 ]
