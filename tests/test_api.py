@@ -122,11 +122,12 @@ async def test_equity_balance_default_and_explicit(settings):
         short_book = await client.post(UPLOAD, headers=headers, **upload_form(
             csv_bytes("MSFT,-4,50.00,2025-06-30,,,,,,,,")))
         listing = (await client.get(UPLOAD, headers=headers)).json()
-    equities = {p["id"]: (p["equity_balance"], p["equity_source"]) for p in listing}
+    equities = {p["portfolio_id"]: (p["equity_balance"], p["equity_source"]) for p in listing}
     # none stated: the first snapshot starts from the net market value (issue 9), not 800
     assert equities[default.json()["portfolio_id"]] == (None, "net_market_value")
     assert default.json()["equity_source"] == "net_market_value"
-    assert equities[explicit.json()["portfolio_id"]] == ("2500.000000", "stated")
+    assert equities[explicit.json()["portfolio_id"]] == ("2500.00", "stated")
+    assert all("id" not in p for p in listing)  # one id field: portfolio_id
     assert short_book.status_code == 422
     assert short_book.json()["errors"][0]["column"] == "equity_balance"
 
@@ -140,11 +141,16 @@ async def test_tenancy_another_users_portfolio_is_404(settings):
         pid = created.json()["portfolio_id"]
         paths = [f"/api/v1/portfolios/{pid}", f"/api/v1/portfolios/{pid}/snapshots",
                  f"/api/v1/portfolios/{pid}/positions",
-                 f"/api/v1/portfolios/{pid}/factor-exposures",
                  f"/api/v1/onboarding/status/{pid}"]
         for path in paths:
             assert (await client.get(path, headers=alice)).status_code == 200, path
             assert (await client.get(path, headers=bob)).status_code == 404, path
+        # no exposures yet: 404 with the reason for alice, "not found" for bob
+        exposures = f"/api/v1/portfolios/{pid}/factor-exposures"
+        mine, theirs = (await client.get(exposures, headers=alice),
+                        await client.get(exposures, headers=bob))
+        assert mine.status_code == 404 and "No factor exposures yet" in mine.json()["detail"]
+        assert theirs.status_code == 404 and theirs.json()["detail"] == "Portfolio not found."
         assert (await client.get(f"/api/v1/portfolios/{uuid.uuid4()}",
                                  headers=alice)).status_code == 404
         assert (await client.get(UPLOAD, headers=bob)).json() == []
@@ -221,11 +227,17 @@ async def test_symbol_prices_and_factors(settings):
         prices = await client.get(f"/api/v1/symbols/aapl/prices?end={end}", headers=headers)
         unknown = await client.get("/api/v1/symbols/NOPE/prices", headers=headers)
         factors = await client.get("/api/v1/symbols/AAPL/factors", headers=headers)
+        before = await client.get("/api/v1/symbols/AAPL/factors?date=2001-01-02",
+                                  headers=headers)
     assert prices.status_code == 200
     assert set(prices.json()[-1]) == {"date", "close", "adj_close", "source"}
     assert prices.json()[-1]["date"] == end.isoformat()
     assert unknown.status_code == 404
-    assert factors.status_code == 200 and factors.json() == []
+    # known symbol without betas: 404 saying why, not 200 with nothing
+    assert factors.status_code == 404 and "No factor betas for AAPL yet" in factors.json()["detail"]
+    assert before.status_code == 404 and "on or before 2001-01-02" in before.json()["detail"]
+    assert prices.json()[-1]["close"].count(".") == 1 and len(
+        prices.json()[-1]["close"].split(".")[1]) == 4  # a Price: decimal string at 4 dp
 
 
 async def test_health_ready_metrics_and_openapi(settings):

@@ -85,6 +85,7 @@ async def onboarding_running(ctx: ServiceContext, provider, workers: int = 2,
     tasks.append(asyncio.create_task(bus.consume(ctx.js, ctx.topology, coordinator_spec,
                                                  coordinator.handle, stop,
                                                  dead_letter=ctx.dead_letter)))
+    tasks.append(asyncio.create_task(coordinator.watch_outcomes(stop, interval=0.2)))
     if refresh:
         refresh_spec = ctx.consumer("portfolio-refresh-request", PortfolioRefreshRequested,
                                     JOB_REQUEST)
@@ -309,11 +310,28 @@ async def test_dead_lettered_first_snapshot_fails_the_onboarding(settings, ctx):
         request = PortfolioRefreshRequested(portfolio_id=uuid.UUID(pid), as_of=as_of)
         await ctx.jobs.record_dead_letter(JOB_REQUEST, request.message_id(),
                                           "ValueError: no prices", b"{}", 3)
-        status = (await client.get(f"/api/v1/onboarding/status/{pid}", headers=headers)).json()
-    assert status["status"] == "failed"
-    assert status["error"] == "the first snapshot could not be made: ValueError: no prices"
+        status_url = f"/api/v1/onboarding/status/{pid}"
+        derived = (await client.get(status_url, headers=headers)).json()
+        # the GET only reads: the row is still running until the coordinator records it
+        assert await onboarding_row_status(settings.database_url, pid) == "running"
+        coordinator = OnboardingCoordinator(settings.database_url, ctx.publish)
+        assert await coordinator.record_outcomes() == 1
+        assert await coordinator.record_outcomes() == 0  # idempotent
+        status = (await client.get(status_url, headers=headers)).json()
+    for document in (derived, status):
+        assert document["status"] == "failed"
+        assert document["error"] == "the first snapshot could not be made: ValueError: no prices"
+        assert [p["status"] for p in document["phases"]] == ["completed", "completed", "failed"]
+    assert derived["finished_at"] is None and status["finished_at"] is not None
+    assert await onboarding_row_status(settings.database_url, pid) == "failed"
     assert status["activity_log"][-1]["level"] == "error"
-    assert [p["status"] for p in status["phases"]] == ["completed", "completed", "failed"]
+
+
+async def onboarding_row_status(database_url: str, portfolio_id: str) -> str:
+    async with session_scope(database_url) as session:
+        return (await session.execute(text(
+            "SELECT status FROM portfolio_onboarding WHERE portfolio_id = :p"),
+            {"p": uuid.UUID(portfolio_id)})).scalar_one()
 
 
 class FailingOnceProvider(CountingProvider):

@@ -97,10 +97,10 @@ async def connect_context(name: str, settings: Settings | None = None) -> Servic
                 await connection.execute(text("SELECT 1"))
             await ensure_migrated(engine)
 
-    connection = await bootstrap.connect_bus(settings, name, nats_url=nats_url)
+    bus_connection = await bootstrap.connect_bus(settings, name, nats_url=nats_url)
     jobs = JobTracker(database_url, stale_after_seconds=settings.job_stale_after_seconds)
-    return ServiceContext(name, settings, database_url, connection.topology, connection.nc,
-                          connection.js, jobs)
+    return ServiceContext(name, settings, database_url, bus_connection.topology,
+                          bus_connection.nc, bus_connection.js, jobs)
 
 
 async def _health_server(ctx: ServiceContext, port: int) -> asyncio.Server:

@@ -6,6 +6,7 @@ event is handled once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from libs.common.bootstrap import Subscription, subscriptions
@@ -46,12 +47,15 @@ def build_definition(
     async def on_start(ctx: ServiceContext) -> None:
         await coordinator(ctx).reconcile()
 
-    async def reconcile_loop(ctx: ServiceContext, stop) -> None:
+    async def reconcile_loop(ctx: ServiceContext, stop: asyncio.Event) -> None:
         await coordinator(ctx).reconcile_forever(stop)
+
+    async def outcome_loop(ctx: ServiceContext, stop: asyncio.Event) -> None:
+        await coordinator(ctx).watch_outcomes(stop)
 
     return ServiceDefinition(
         name=NAME, subscriptions=bind, on_start=on_start,
-        background=(reconcile_loop,),
+        background=(reconcile_loop, outcome_loop),
     )
 
 

@@ -1,15 +1,19 @@
-"""Onboarding coordinator: when a portfolio's last symbol settles, request its first snapshot.
+"""Onboarding coordinator: when a portfolio's last symbol settles, request its first snapshot;
+when the snapshot is made (or can no longer be), record the onboarding's final outcome.
 
 Runs on every `symbol.onboard.completed` and, as a reconciler, at start-up and periodically:
 the reconciler re-publishes whatever the database says is still owed (symbols pending,
 snapshots requested but not made), so a crash between a commit and its publish loses
-nothing; the messages' business keys make the repeats harmless.
+nothing; the messages' business keys make the repeats harmless. The outcome of a first
+snapshot is recorded by `record_outcomes`, which `watch_outcomes` runs every second (the
+status endpoint only reads: until then it derives the outcome from the same rows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from libs.common.bus import Delivery
 from libs.common.db import session_scope
@@ -20,10 +24,12 @@ from libs.common.onboarding.snapshot_requests import (
     fallback_as_of,
     publish_snapshot_requests,
 )
+from libs.common.snapshots.refresh import JOB_REQUEST as REFRESH_REQUEST_JOB
 
 log = logging.getLogger(__name__)
 
 RECONCILE_INTERVAL_SECONDS = 30.0
+OUTCOME_INTERVAL_SECONDS = 1.0
 # A request younger than this is surely still on the bus (or being handled).
 REPUBLISH_AFTER_SECONDS = 60.0
 
@@ -52,7 +58,7 @@ class OnboardingCoordinator:
             symbols = await store.unsettled_symbols(
                 session, min_age_seconds=self.republish_after_seconds,
                 stale_after_seconds=self.stale_after_seconds)
-            await store.finish_completed_onboardings(session)
+        await self.record_outcomes()
         for symbol in symbols:
             await self.publish(SymbolOnboardRequested(symbol=symbol, requested_by="reconciler"))
         async with session_scope(self.database_url) as session:
@@ -64,8 +70,27 @@ class OnboardingCoordinator:
             log.info("reconciled: %d symbol request(s) re-published, %d snapshot(s) requested",
                      len(symbols), len(ready))
 
+    async def record_outcomes(self) -> int:
+        """Mark onboardings whose first snapshot is complete as completed/partial, and those
+        whose snapshot request was dead-lettered as failed (idempotent); returns how many."""
+        async with session_scope(self.database_url) as session:
+            finished = await store.finish_completed_onboardings(session)
+            failed = await store.fail_dead_snapshot_onboardings(session, REFRESH_REQUEST_JOB)
+        if finished or failed:
+            log.info("onboarding outcomes recorded: %d finished, %d failed", finished, failed)
+        return finished + failed
+
+    async def watch_outcomes(self, stop: asyncio.Event,
+                             interval: float = OUTCOME_INTERVAL_SECONDS) -> None:
+        await self._every(interval, stop, self.record_outcomes, "recording outcomes")
+
     async def reconcile_forever(self, stop: asyncio.Event,
                                 interval: float = RECONCILE_INTERVAL_SECONDS) -> None:
+        await self._every(interval, stop, self.reconcile, "reconcile")
+
+    @staticmethod
+    async def _every(interval: float, stop: asyncio.Event,
+                     work: Callable[[], Awaitable[object]], what: str) -> None:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
@@ -74,6 +99,6 @@ class OnboardingCoordinator:
             if stop.is_set():
                 return
             try:
-                await self.reconcile()
+                await work()
             except Exception as exc:  # DB or NATS blip: the next round retries
-                log.warning("reconcile failed: %s", exc)
+                log.warning("%s failed: %s", what, exc)

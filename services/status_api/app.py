@@ -31,6 +31,7 @@ from services.status_api.api.middleware import (
     MetricsMiddleware,
     install_error_handlers,
 )
+from services.status_api.api.responses import FixedPointJSONResponse
 from services.status_api.api.state import ApiState
 from services.status_api.console import mount_console
 
@@ -42,7 +43,11 @@ PG_POOL_SIZE = 10
 DESCRIPTION = (
     "Portfolio onboarding and batch status. Every /api/v1 endpoint needs "
     "`Authorization: Bearer <token>` (`sigmabatch token create --user NAME`). "
-    "Errors are JSON `{detail, errors: [{row, column, message}]}`.")
+    "Errors are JSON `{detail, errors: [{row, column, message}]}`. Numbers: money is a "
+    "decimal string at 2 dp (`Money`), per-unit prices a decimal string at 4 dp (`Price`), "
+    "quantities a decimal string (`Quantity`); returns, betas, exposures and R² are JSON "
+    "numbers (`Ratio`); nothing is written in exponent notation. A portfolio resource names "
+    "itself by `portfolio_id` only.")
 
 
 def create_app(settings: Settings | None = None, *,
@@ -51,7 +56,7 @@ def create_app(settings: Settings | None = None, *,
     state = ApiState(settings=settings, database_url=settings.require_database_url(),
                      topology=bootstrap.topology(settings), snapshot_maker=snapshot_maker)
     app = FastAPI(title="sigmabatch API", version="0.1.0", description=DESCRIPTION,
-                  lifespan=_lifespan(state),
+                  lifespan=_lifespan(state), default_response_class=FixedPointJSONResponse,
                   # /docs is served by mount_console from the package's own Swagger UI
                   # assets (no CDN); ReDoc would load from one, so it is off.
                   docs_url=None, redoc_url=None)

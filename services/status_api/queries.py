@@ -16,13 +16,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import Caller
-from libs.common.db import session_scope
 from libs.common.domain.onboarding import PHASES, progress
 from libs.common.domain.statuses import (
     OnboardingStatus,
     onboarding_final_status,
 )
-from libs.common.onboarding import store
 from libs.common.snapshots.refresh import JOB_REQUEST as REFRESH_REQUEST_JOB
 
 # The activity log is in time order: a line's timestamp is its transaction's start, so a
@@ -58,9 +56,12 @@ ONBOARDING_SQL = """
 
 
 async def onboarding_status(
-    pool: asyncpg.Pool, database_url: str, portfolio_id: uuid.UUID, user_id: uuid.UUID
+    pool: asyncpg.Pool, portfolio_id: uuid.UUID, user_id: uuid.UUID
 ) -> dict[str, Any] | None:
-    """The onboarding status document, or None when the caller has no such portfolio."""
+    """The onboarding status document, or None when the caller has no such portfolio.
+
+    Read-only: an outcome that arrived but is not recorded yet is derived from the same row
+    (the onboarding coordinator records it); `finished_at` says whether it is recorded."""
     row = await pool.fetchrow(ONBOARDING_SQL, portfolio_id, user_id, REFRESH_REQUEST_JOB)
     if row is None:
         return None
@@ -69,20 +70,16 @@ async def onboarding_status(
         return {"portfolio_id": portfolio_id, "status": OnboardingStatus.NOT_FOUND, "mode": None,
                 "started_at": None, "elapsed_seconds": 0, "overall_progress": None,
                 "current_phase_progress": None, "phases": [], "activity_log": [],
-                "snapshot_date": None, "failed_symbols": [], "error": None}
-    status = row["status"]
-    if status == OnboardingStatus.RUNNING and (row["snapshot_done"] or row["snapshot_error"]):
-        # The outcome arrived since the last look: record it once (idempotent), then re-read.
-        async with session_scope(database_url) as session:
-            if row["snapshot_done"]:
-                changed = await store.finish_completed_onboardings(session, portfolio_id)
-            else:  # dead-lettered: no retry will come, say so
-                await store.fail_onboarding(session, portfolio_id, (
-                    f"the first snapshot could not be made: {row['snapshot_error']}"))
-                changed = True
-        if changed:
-            return await onboarding_status(pool, database_url, portfolio_id, user_id)
+                "snapshot_date": None, "failed_symbols": [], "error": None,
+                "finished_at": None}
+    status, error = row["status"], row["error"]
+    if status == OnboardingStatus.RUNNING and row["snapshot_done"]:
+        # Made since the last look; the onboarding coordinator records it within a second.
         status = onboarding_final_status(row["failed_symbols"] or [])
+    elif status == OnboardingStatus.RUNNING and row["snapshot_error"]:
+        # Dead-lettered: no retry will come (recorded by the coordinator).
+        status = OnboardingStatus.FAILED
+        error = f"the first snapshot could not be made: {row['snapshot_error']}"
     now = dt.datetime.now(dt.UTC)
     finished = row["finished_at"] or (now if status == OnboardingStatus.RUNNING else None)
     snapshot_done = bool(row["snapshot_done"]) or status in (
@@ -128,7 +125,9 @@ async def onboarding_status(
         "activity_log": activity,
         "snapshot_date": row["snapshot_date"],
         "failed_symbols": list(row["failed_symbols"] or []),
-        "error": row["error"],
+        "error": error,
+        # Set once the outcome is recorded; a document with it never changes again.
+        "finished_at": row["finished_at"],
     }
 
 
@@ -249,7 +248,7 @@ async def job(session: AsyncSession, job_id: uuid.UUID, viewer: Caller) -> dict[
 
 
 PORTFOLIO_SQL = """
-    SELECT p.id, p.id AS portfolio_id, p.name, p.equity_balance, p.equity_source, p.currency,
+    SELECT p.id AS portfolio_id, p.name, p.equity_balance, p.equity_source, p.currency,
            p.created_at,
            (SELECT count(*) FROM positions x WHERE x.portfolio_id = p.id) AS position_count,
            po.status AS onboarding_status,
@@ -315,7 +314,12 @@ async def positions(session: AsyncSession, portfolio_id: uuid.UUID) -> list[dict
                    p.entry_date, p.exit_date, p.exit_price, p.investment_class,
                    p.investment_subtype, p.underlying_symbol, p.strike_price,
                    p.expiration_date, p.option_type, p.multiplier,
-                   ps.snapshot_date AS valuation_date, ps.price, ps.price_source,
+                   ps.snapshot_date AS valuation_date, ps.price,
+                   CASE WHEN ps.price_source = 'market' AND EXISTS (
+                            SELECT 1 FROM market_data_cache m
+                            WHERE m.symbol = p.symbol AND m.date = ps.snapshot_date
+                              AND m.source LIKE '%synthetic%')
+                        THEN 'synthetic' ELSE ps.price_source END AS price_source,
                    ps.market_value, ps.delta, COALESCE(ps.is_expired, false) AS is_expired
             FROM positions p
             LEFT JOIN position_snapshots ps ON ps.position_id = p.id

@@ -1,17 +1,76 @@
 """Response models of the HTTP API (docs/design.md §9): the JSON contract the frontend codes against.
 
-Money is Decimal and travels as a JSON string ("1234.56"), so no cent is lost to binary
-floating point; market data and betas are numbers.
+The number types every response uses (use them in new models too):
+- `Money`: a decimal string at exactly 2 dp ("1234.50", "-0.25", "0.00"), so no cent is lost
+  to binary floating point and every amount reads alike;
+- `Price`: a per-unit price, a decimal string at exactly 4 dp ("187.1200");
+- `Quantity`: a decimal string, as many decimals as needed ("10", "0.5");
+- `Ratio`: returns, betas, exposures, R², weights: a JSON number (rounded to 10 dp).
+No value is ever written in exponent notation (not "0E-12", not 1e-07): the API's JSON
+response class writes numbers in fixed-point notation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from decimal import Decimal
-from typing import Any, Literal
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, WithJsonSchema
+
+CENT = Decimal("0.01")
+PRICE_STEP = Decimal("0.0001")
+RATIO_DECIMALS = 10
+
+
+def money_text(value: Decimal) -> str:
+    return format(Decimal(value).quantize(CENT, rounding=ROUND_HALF_EVEN), "f")
+
+
+def price_text(value: Decimal) -> str:
+    return format(Decimal(value).quantize(PRICE_STEP, rounding=ROUND_HALF_EVEN), "f")
+
+
+def quantity_text(value: Decimal) -> str:
+    text = format(Decimal(value), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _ratio(value: Any) -> float:
+    return round(float(value), RATIO_DECIMALS)
+
+
+Money = Annotated[
+    Decimal,
+    PlainSerializer(money_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?\d+\.\d{2}$", "examples": ["1234.50"],
+                    "description": "Money: a decimal string at exactly 2 dp."}),
+]
+Price = Annotated[
+    Decimal,
+    PlainSerializer(price_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?\d+\.\d{4}$", "examples": ["187.1200"],
+                    "description": "Price per unit: a decimal string at exactly 4 dp."}),
+]
+Quantity = Annotated[
+    Decimal,
+    PlainSerializer(quantity_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "examples": ["10", "0.5"],
+                    "description": "A quantity: a decimal string, no exponent."}),
+]
+Ratio = Annotated[
+    float,
+    BeforeValidator(_ratio),
+    WithJsonSchema({"type": "number", "examples": [0.0123],
+                    "description": "A ratio (return, beta, exposure, R²): a JSON number in "
+                                   "fixed-point notation, at most 10 dp."}),
+]
+# What a position's price is: a quote of the day; the last earlier quote (stale); a
+# Black-Scholes model price; carried at its manual or entry value (private, cash); a
+# synthetic sample-provider bar (no real quote exists); the entry price because no quote
+# exists at all; or none because the position was closed.
+PriceSource = Literal["market", "stale", "model", "carried", "synthetic", "entry", "exited"]
 
 
 class Problem(BaseModel):
@@ -90,6 +149,9 @@ class OnboardingStatus(BaseModel):
     snapshot_date: dt.date | None = None
     failed_symbols: list[str] = Field(default_factory=list)
     error: str | None = None
+    finished_at: dt.datetime | None = Field(
+        None, description="When the outcome was recorded (null while running, and for a "
+                          "moment after the first snapshot until the coordinator records it).")
 
 
 class JobProgress(BaseModel):
@@ -130,10 +192,9 @@ class NightlyAccepted(BaseModel):
 
 
 class PortfolioOut(BaseModel):
-    id: uuid.UUID
     portfolio_id: uuid.UUID
     name: str
-    equity_balance: Decimal | None = Field(description=(
+    equity_balance: Money | None = Field(description=(
         "The starting equity stated at upload; null when none was stated (the first "
         "snapshot then starts from the net market value of the positions)."))
     equity_source: str = Field("stated", description=(
@@ -148,10 +209,10 @@ class PortfolioOut(BaseModel):
 
 class SnapshotOut(BaseModel):
     snapshot_date: dt.date
-    equity: Decimal | None = Field(description="Equity is the capital returns and factor weights are measured against: daily_return = daily_pnl / previous equity, weight = (delta-adjusted) market value / equity. It rolls forward as equity + daily P&L + capital flows + valuation adjustments.")
+    equity: Money | None = Field(description="Equity is the capital returns and factor weights are measured against: daily_return = daily_pnl / previous equity, weight = (delta-adjusted) market value / equity. It rolls forward as equity + daily P&L + capital flows + valuation adjustments.")
     equity_source: str | None = Field(None, description=(
         "Where the first snapshot's equity came from: `stated` or `net_market_value`."))
-    valuation_adjustment: Decimal | None = Field(None, description=(
+    valuation_adjustment: Money | None = Field(None, description=(
         "Re-marks of positions carried at their entry price until their first quote: "
         "part of equity, not of daily_pnl or daily_return."))
     exposure_basis: str | None = Field(None, description=(
@@ -163,17 +224,17 @@ class SnapshotOut(BaseModel):
         "intrinsic value at expiry)."))
     is_degraded: bool = Field(False, description=(
         "Made with missing prices or betas; restated when its date's symbol batch completes."))
-    total_value: Decimal | None
-    long_value: Decimal | None
-    short_value: Decimal | None
-    gross_exposure: Decimal | None
-    net_exposure: Decimal | None
-    daily_pnl: Decimal | None
-    daily_unrealized_pnl: Decimal | None
-    daily_realized_pnl: Decimal | None
-    daily_return: Decimal | None
-    cumulative_pnl: Decimal | None
-    capital_flow: Decimal | None
+    total_value: Money | None
+    long_value: Money | None
+    short_value: Money | None
+    gross_exposure: Money | None
+    net_exposure: Money | None
+    daily_pnl: Money | None
+    daily_unrealized_pnl: Money | None
+    daily_realized_pnl: Money | None
+    daily_return: Ratio | None
+    cumulative_pnl: Money | None
+    capital_flow: Money | None
     position_count: int | None
     has_stale_prices: bool
     stale_symbols: list[str]
@@ -188,23 +249,23 @@ class PositionOut(BaseModel):
     position_id: uuid.UUID
     source_row: int | None
     symbol: str
-    quantity: Decimal
-    entry_price: Decimal
+    quantity: Quantity
+    entry_price: Price
     entry_date: dt.date
     exit_date: dt.date | None
-    exit_price: Decimal | None
+    exit_price: Price | None
     investment_class: str
     investment_subtype: str | None
     underlying_symbol: str | None
-    strike_price: Decimal | None
+    strike_price: Price | None
     expiration_date: dt.date | None
     option_type: str | None
     multiplier: int
     valuation_date: dt.date | None = Field(description="Latest snapshot valuing this position.")
-    price: Decimal | None
-    price_source: str | None
-    market_value: Decimal | None
-    delta: float | None = Field(None, description=(
+    price: Price | None
+    price_source: PriceSource | None
+    market_value: Money | None
+    delta: Ratio | None = Field(None, description=(
         "Options: Black-Scholes delta on the valuation date (weights the factor exposures: "
         "Δ × quantity × 100 × underlying price / equity); expired options 0."))
     is_expired: bool = Field(False, description=(
@@ -214,8 +275,8 @@ class PositionOut(BaseModel):
 class FactorExposureOut(BaseModel):
     factor: str
     display_name: str | None
-    exposure: float
-    exposure_dollar: Decimal | None
+    exposure: Ratio
+    exposure_dollar: Money | None
 
 
 class PortfolioFactorExposures(BaseModel):
@@ -226,15 +287,15 @@ class PortfolioFactorExposures(BaseModel):
 
 class PriceOut(BaseModel):
     date: dt.date
-    close: float
-    adj_close: float
+    close: Price
+    adj_close: Price
     source: str
 
 
 class SymbolFactorOut(BaseModel):
     factor: str
-    beta: float
-    r2: float | None
+    beta: Ratio
+    r2: Ratio | None
     n_obs: int
     quality: str
     calculation_date: dt.date

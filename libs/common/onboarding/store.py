@@ -329,6 +329,29 @@ async def fail_onboarding(session: AsyncSession, portfolio_id: uuid.UUID, error:
     await add_activity(session, [portfolio_id], f"Onboarding failed: {error}", "error")
 
 
+async def fail_dead_snapshot_onboardings(session: AsyncSession, refresh_job_type: str) -> int:
+    """Fail running onboardings whose first-snapshot request was dead-lettered (no retry will
+    come), saying why; returns how many (idempotent)."""
+    rows = (await session.execute(
+        text(
+            """
+            SELECT po.portfolio_id, j.error FROM portfolio_onboarding po
+            JOIN LATERAL (
+                SELECT error FROM batch_run_history
+                WHERE job_type = :job_type AND status = 'failed'
+                  AND job_key = 'refresh:' || po.portfolio_id || ':' || po.snapshot_date
+                ORDER BY started_at DESC LIMIT 1) j ON true
+            WHERE po.status = 'running' AND po.snapshot_requested_at IS NOT NULL
+            """
+        ),
+        {"job_type": refresh_job_type},
+    )).all()
+    for row in rows:
+        await fail_onboarding(session, row.portfolio_id,
+                              f"the first snapshot could not be made: {row.error}")
+    return len(rows)
+
+
 # --- symbols ----------------------------------------------------------------------------
 
 

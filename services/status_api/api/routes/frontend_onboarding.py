@@ -214,7 +214,7 @@ async def onboarding_log(state: StateDep, pool: PgPoolDep, session: SessionDep,
     parsed = parse_portfolio_id(portfolio_id)
     if isinstance(parsed, JSONResponse):
         return parsed
-    document = await queries.onboarding_status(pool, state.database_url, parsed, caller.user_id)
+    document = await queries.onboarding_status(pool, parsed, caller.user_id)
     if document is None:
         return portfolio_not_found()
     if document["status"] == "not_found":

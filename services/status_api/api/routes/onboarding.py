@@ -55,12 +55,11 @@ async def onboarding_status(state: StateDep, pool: PgPoolDep, caller: CallerDep,
     key = (parsed, caller.user_id)
     body = state.status_cache.get(key)
     if body is None:
-        document = await queries.onboarding_status(pool, state.database_url, parsed,
-                                                   caller.user_id)
+        document = await queries.onboarding_status(pool, parsed, caller.user_id)
         if document is None:
             return portfolio_not_found()
         # Serialised directly (the model above documents it): this endpoint is polled hard.
         body = json.dumps(document, default=_json_default).encode()
-        if document["status"] in FINISHED:
-            state.status_cache.put(key, body)
+        if document["status"] in FINISHED and document["finished_at"] is not None:
+            state.status_cache.put(key, body)  # recorded: never changes again
     return Response(body, media_type="application/json")

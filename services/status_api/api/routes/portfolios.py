@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import File, Form, UploadFile
+from fastapi import File, Form, HTTPException, UploadFile
 from fastapi.responses import JSONResponse
 
 from libs.common.onboarding.limits import NewSymbolLimitExceeded, NewSymbolLimits
@@ -170,9 +170,17 @@ async def get_positions(session: SessionDep, portfolio: OwnedPortfolioDep,
 
 
 @router.get("/{portfolio_id}/factor-exposures",
-            response_model=PortfolioFactorExposures, responses=NOT_FOUND,
+            response_model=PortfolioFactorExposures,
+            responses={404: {"model": ErrorResponse, "description": (
+                "No such portfolio for this caller, or no factor exposures on or before the "
+                "date (the detail says which).")}},
             summary="Portfolio factor exposures on a date (default: the latest; a date without "
                     "exposures answers the latest before it)")
 async def get_factor_exposures(session: SessionDep, portfolio: OwnedPortfolioDep,
                                date: dt.date | None = None) -> dict[str, Any]:
-    return await queries.factor_exposures(session, portfolio["portfolio_id"], date)
+    found = await queries.factor_exposures(session, portfolio["portfolio_id"], date)
+    if found["calculation_date"] is None:
+        when = f"on or before {date}" if date else "yet"
+        raise HTTPException(404, detail=f"No factor exposures {when} for this portfolio: its "
+                                        "first snapshot with public positions makes them.")
+    return found

@@ -35,12 +35,18 @@ async def get_prices(session: SessionDep, caller: CallerDep, symbol: Symbol,
 
 
 @router.get("/{symbol}/factors", response_model=list[SymbolFactorOut],
-            responses={404: {"model": ErrorResponse, "description": "Symbol unknown."}},
+            responses={404: {"model": ErrorResponse,
+                             "description": "Symbol unknown, or no betas on or before the date "
+                                            "(the detail says which)."}},
             summary="Factor betas on a date (default: the latest; else the latest before it)")
 async def get_symbol_factors(session: SessionDep, caller: CallerDep, symbol: Symbol,
                              date: dt.date | None = None) -> list[dict[str, Any]]:
     clean = _clean(symbol)
     rows = await queries.symbol_factors(session, clean, date)
-    if not rows and not await queries.symbol_known(session, clean):
-        raise HTTPException(404, detail=f"No factor betas for {clean}: the symbol is unknown.")
+    if not rows:
+        if not await queries.symbol_known(session, clean):
+            raise HTTPException(404, detail=f"No factor betas for {clean}: the symbol is unknown.")
+        when = f"on or before {date}" if date else "yet"
+        raise HTTPException(404, detail=f"No factor betas for {clean} {when}: the nightly batch "
+                                        "computes them once a symbol has enough price history.")
     return rows
