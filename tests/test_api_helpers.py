@@ -83,15 +83,17 @@ async def count(database_url: str, table: str) -> int:
 
 
 async def poll_status(client: httpx.AsyncClient, headers: dict[str, str], portfolio_id: str,
-                      until: Sequence[str], timeout: float = 60.0) -> list[dict]:
-    """Poll the status endpoint until its status is in `until`; returns every answer seen."""
+                      until: Sequence[str], timeout: float = 60.0,
+                      recorded: bool = False) -> list[dict]:
+    """Poll the status endpoint until its status is in `until` (and, with `recorded`, the
+    onboarding coordinator has recorded it: `finished_at` set); returns every answer seen."""
     seen: list[dict] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = await client.get(f"/api/v1/onboarding/status/{portfolio_id}", headers=headers)
         assert response.status_code == 200, response.text
         seen.append(response.json())
-        if seen[-1]["status"] in until:
+        if seen[-1]["status"] in until and not (recorded and seen[-1]["finished_at"] is None):
             return seen
         await asyncio.sleep(0.1)
     raise AssertionError(f"status never reached {until}: last {seen[-1] if seen else None}")

@@ -26,6 +26,7 @@ from libs.common.market_data import get_provider
 from libs.common.onboarding import store
 from libs.common.service import ServiceContext
 from libs.common.snapshots.refresh import JOB_REQUEST
+from libs.common.uow import sql_unit_of_work
 from services.onboarding.coordinator import OnboardingCoordinator
 from services.onboarding.worker import JOB_TYPE, OnboardingWorker
 from services.portfolio_refresh.handlers import RefreshHandlers
@@ -74,7 +75,7 @@ async def onboarding_running(ctx: ServiceContext, provider, workers: int = 2,
     portfolio_refresh's request consumer (the real snapshot maker) unless `refresh=False`."""
     stop = asyncio.Event()
     worker = OnboardingWorker(ctx, provider)
-    coordinator = OnboardingCoordinator(ctx.database_url, ctx.publish, republish_after_seconds=0,
+    coordinator = OnboardingCoordinator(sql_unit_of_work(ctx.database_url), ctx.publish, republish_after_seconds=0,
                                         stale_after_seconds=ctx.settings.job_stale_after_seconds)
     worker_spec = ctx.consumer("onboarding-worker", SymbolOnboardRequested, JOB_TYPE)
     coordinator_spec = ctx.consumer("onboarding-coordinator", SymbolOnboardCompleted,
@@ -174,7 +175,8 @@ async def test_upload_with_unknown_symbols_runs_then_completes(settings, ctx):
         created = await client.post(UPLOAD, headers=headers, files={"file": (
             "p.csv", csv_bytes(*stock_rows(["AAPL", "MSFT", "ZZSLOW"])))}, data={"name": "n"})
         pid = created.json()["portfolio_id"]
-        seen = await poll_status(client, headers, pid, ("completed", "partial", "failed"))
+        seen = await poll_status(client, headers, pid, ("completed", "partial", "failed"),
+                                 recorded=True)
         exposures = (await client.get(f"/api/v1/portfolios/{pid}/factor-exposures",
                                       headers=headers)).json()
         positions = (await client.get(f"/api/v1/portfolios/{pid}/positions",
@@ -314,7 +316,7 @@ async def test_dead_lettered_first_snapshot_fails_the_onboarding(settings, ctx):
         derived = (await client.get(status_url, headers=headers)).json()
         # the GET only reads: the row is still running until the coordinator records it
         assert await onboarding_row_status(settings.database_url, pid) == "running"
-        coordinator = OnboardingCoordinator(settings.database_url, ctx.publish)
+        coordinator = OnboardingCoordinator(sql_unit_of_work(settings.database_url), ctx.publish)
         assert await coordinator.record_outcomes() == 1
         assert await coordinator.record_outcomes() == 0  # idempotent
         status = (await client.get(status_url, headers=headers)).json()

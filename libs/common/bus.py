@@ -217,6 +217,7 @@ async def ensure_streams(
         ),
     ]
     for config in configs:
+        assert config.name is not None
         try:
             await js.stream_info(config.name)
         except NotFoundError:

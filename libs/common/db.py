@@ -69,7 +69,7 @@ async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
     # run one now, or raw statements would autocommit outside the session's transaction.
     await connection.exec_driver_sql("SELECT 1")
     raw = await connection.get_raw_connection()
-    return raw.driver_connection  # type: ignore[return-value]
+    return raw.driver_connection
 
 
 async def dispose_engines() -> None:

@@ -13,7 +13,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,7 @@ class ServiceDefinition:
     subscriptions: Callable[[ServiceContext], Sequence[Subscription]]
     # Work to do once connected, before consuming (e.g. re-publish pending requests).
     on_start: Callable[[ServiceContext], Awaitable[None]] | None = None
-    background: Sequence[Callable[[ServiceContext, asyncio.Event], Awaitable[None]]] = field(
+    background: Sequence[Callable[[ServiceContext, asyncio.Event], Coroutine[Any, Any, None]]] = field(
         default_factory=tuple
     )
 

@@ -14,6 +14,7 @@ from libs.common.config import Settings
 from libs.common.events import SymbolOnboardCompleted, SymbolOnboardRequested
 from libs.common.market_data import MarketDataProvider, get_provider
 from libs.common.service import ServiceContext, ServiceDefinition, main
+from libs.common.uow import sql_unit_of_work
 from services.onboarding.coordinator import OnboardingCoordinator
 from services.onboarding.worker import OnboardingWorker
 
@@ -33,7 +34,7 @@ def build_definition(
     def coordinator(ctx: ServiceContext) -> OnboardingCoordinator:
         if "c" not in state:
             state["c"] = OnboardingCoordinator(
-                ctx.database_url, ctx.publish,
+                sql_unit_of_work(ctx.database_url), ctx.publish,
                 stale_after_seconds=ctx.settings.job_stale_after_seconds)
         return state["c"]
 

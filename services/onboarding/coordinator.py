@@ -16,15 +16,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from libs.common.bus import Delivery
-from libs.common.db import session_scope
 from libs.common.events import SymbolOnboardCompleted, SymbolOnboardRequested
-from libs.common.onboarding import store
 from libs.common.onboarding.snapshot_requests import (
     Publish,
     fallback_as_of,
     publish_snapshot_requests,
 )
 from libs.common.snapshots.refresh import JOB_REQUEST as REFRESH_REQUEST_JOB
+from libs.common.uow import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +34,18 @@ REPUBLISH_AFTER_SECONDS = 60.0
 
 
 class OnboardingCoordinator:
-    def __init__(self, database_url: str, publish: Publish, *,
+    def __init__(self, uow: UnitOfWorkFactory, publish: Publish, *,
                  republish_after_seconds: float = REPUBLISH_AFTER_SECONDS,
                  stale_after_seconds: float = 120.0) -> None:
-        self.database_url = database_url
+        self.uow = uow
         self.publish = publish
         self.republish_after_seconds = republish_after_seconds
         self.stale_after_seconds = stale_after_seconds
 
     async def handle(self, message: SymbolOnboardCompleted, delivery: Delivery) -> None:
-        async with session_scope(self.database_url) as session:
-            requests = await store.request_snapshot_if_ready(
-                session, symbol=message.symbol.upper(), fallback_as_of=fallback_as_of())
+        async with self.uow() as work:
+            requests = await work.onboarding.request_snapshot_if_ready(
+                symbol=message.symbol.upper(), fallback_as_of=fallback_as_of())
         await publish_snapshot_requests(self.publish, requests, message.correlation_id)
         if requests:
             log.info("%s settled: first snapshot requested for %d portfolio(s)",
@@ -54,17 +53,18 @@ class OnboardingCoordinator:
 
     async def reconcile(self) -> None:
         """Re-publish what is owed; mark onboardings whose snapshot is done."""
-        async with session_scope(self.database_url) as session:
-            symbols = await store.unsettled_symbols(
-                session, min_age_seconds=self.republish_after_seconds,
+        async with self.uow() as work:
+            symbols = await work.onboarding.unsettled_symbols(
+                min_age_seconds=self.republish_after_seconds,
                 stale_after_seconds=self.stale_after_seconds)
         await self.record_outcomes()
         for symbol in symbols:
             await self.publish(SymbolOnboardRequested(symbol=symbol, requested_by="reconciler"))
-        async with session_scope(self.database_url) as session:
-            ready = await store.request_snapshot_if_ready(session, fallback_as_of=fallback_as_of())
-        async with session_scope(self.database_url) as session:
-            owed = await store.unsettled_snapshot_requests(session)
+        async with self.uow() as work:
+            ready = await work.onboarding.request_snapshot_if_ready(
+                fallback_as_of=fallback_as_of())
+        async with self.uow() as work:
+            owed = await work.onboarding.unsettled_snapshot_requests()
         await publish_snapshot_requests(self.publish, owed)
         if symbols or ready:
             log.info("reconciled: %d symbol request(s) re-published, %d snapshot(s) requested",
@@ -73,9 +73,9 @@ class OnboardingCoordinator:
     async def record_outcomes(self) -> int:
         """Mark onboardings whose first snapshot is complete as completed/partial, and those
         whose snapshot request was dead-lettered as failed (idempotent); returns how many."""
-        async with session_scope(self.database_url) as session:
-            finished = await store.finish_completed_onboardings(session)
-            failed = await store.fail_dead_snapshot_onboardings(session, REFRESH_REQUEST_JOB)
+        async with self.uow() as work:
+            finished = await work.onboarding.finish_completed_onboardings()
+            failed = await work.onboarding.fail_dead_snapshot_onboardings(REFRESH_REQUEST_JOB)
         if finished or failed:
             log.info("onboarding outcomes recorded: %d finished, %d failed", finished, failed)
         return finished + failed

@@ -13,6 +13,7 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -199,6 +200,12 @@ class YFinanceProvider:
 
         return await with_retries(run, attempts=self.attempts, limiter=self.limiter)
 
+    def _info(self, symbol: str) -> Any:
+        return self.yf.Ticker(symbol).info
+
+    def _earnings_dates(self, symbol: str) -> Any:
+        return self.yf.Ticker(symbol).get_earnings_dates(limit=12)
+
     async def fetch_prices(self, symbols: Sequence[str], start: date, end: date) -> PriceResult:
         allowed, failures = refuse_excluded(symbols)
         pieces = []
@@ -234,7 +241,7 @@ class YFinanceProvider:
         profiles = []
         for symbol in allowed:
             try:
-                info = await self._call(lambda s=symbol: self.yf.Ticker(s).info)
+                info = await self._call(partial(self._info, symbol))
             except Exception as error:
                 failures[symbol] = f"profile failed: {error!r}"[:500]
                 continue
@@ -250,9 +257,7 @@ class YFinanceProvider:
         items = []
         for symbol in allowed:
             try:
-                frame = await self._call(
-                    lambda s=symbol: self.yf.Ticker(s).get_earnings_dates(limit=12)
-                )
+                frame = await self._call(partial(self._earnings_dates, symbol))
             except Exception as error:
                 failures[symbol] = f"earnings dates failed: {error!r}"[:500]
                 continue
