@@ -228,8 +228,8 @@
     const table = h("table", { id: "portfolios" },
       h("thead", {}, h("tr", {}, ["Name", "Positions", "Onboarding", "Latest snapshot", "Equity balance"].map(
         (c, i) => h("th", { class: i === 1 || i === 4 ? "num" : "" }, c)))),
-      h("tbody", {}, rows.map((p) => h("tr", { dataset: { portfolio: p.id } },
-        h("td", {}, h("a", { href: p.onboarding_status === "running" ? `#/onboarding/${p.id}` : `#/portfolio/${p.id}` }, p.name)),
+      h("tbody", {}, rows.map((p) => h("tr", { dataset: { portfolio: p.portfolio_id } },
+        h("td", {}, h("a", { href: p.onboarding_status === "running" ? `#/onboarding/${p.portfolio_id}` : `#/portfolio/${p.portfolio_id}` }, p.name)),
         h("td", { class: "num" }, p.position_count),
         h("td", {}, p.onboarding_status ? badge(p.onboarding_status) : "—"),
         h("td", {}, p.latest_snapshot_date || "—"),
@@ -490,7 +490,12 @@
     try {
       [detail, snapshots, positions, factors] = await Promise.all([
         api(`/api/v1/portfolios/${id}`), api(`/api/v1/portfolios/${id}/snapshots`),
-        api(`/api/v1/portfolios/${id}/positions`), api(`/api/v1/portfolios/${id}/factor-exposures`)]);
+        api(`/api/v1/portfolios/${id}/positions`),
+        // 404 here means "no exposures yet" (the portfolio itself was found above)
+        api(`/api/v1/portfolios/${id}/factor-exposures`).catch((error) => {
+          if (error instanceof ApiError && error.status === 404) return { calculation_date: null, factors: [] };
+          throw error;
+        })]);
     } catch (error) {
       return render(h("h1", {}, "Portfolio"), errorBox(error, "Portfolio not found (404): it does not exist, or it belongs to another user."));
     }
