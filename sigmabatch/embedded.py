@@ -34,7 +34,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, BinaryIO, Self
 
 import psutil
 
@@ -135,7 +135,7 @@ class EmbeddedNats:
         self.cluster = cluster
         self.port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
-        self._log_file = None
+        self._log_file: BinaryIO | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -517,7 +517,7 @@ class EmbeddedPostgres:
             )
         return stdout
 
-    def _drop_privileges(self) -> dict[str, object]:
+    def _drop_privileges(self) -> dict[str, Any]:
         """subprocess kwargs to run as the system user, its group and no other group (not root's)."""
         if not self._system_user:
             return {}

@@ -549,7 +549,8 @@ def _position_values(
 
 
 def _previous_frame(previous: pd.DataFrame | None) -> pd.DataFrame:
-    cols = {"portfolio_id": [], "prev_date": [], "prev_equity": [], "prev_cumulative_pnl": []}
+    cols: dict[str, list[Any]] = {
+        "portfolio_id": [], "prev_date": [], "prev_equity": [], "prev_cumulative_pnl": []}
     if previous is None or previous.empty:
         frame = pd.DataFrame(cols)
         frame["prev_date"] = frame["prev_date"].astype("datetime64[ns]")
@@ -786,6 +787,11 @@ def _symbols(value: Any) -> list[str]:
     return list(value) if isinstance(value, list) else []
 
 
+def _iso_day(value: Any) -> str | None:
+    day = _day(value)
+    return None if day is None else day.isoformat()
+
+
 def snapshot_records(snapshots: pd.DataFrame) -> list[dict[str, Any]]:
     """`portfolio_snapshots` rows (column names of the model), money as Decimal cents.
 
@@ -831,9 +837,7 @@ def snapshot_records(snapshots: pd.DataFrame) -> list[dict[str, Any]]:
                 "data_quality": quality,
                 "is_degraded": bool(quality["no_price"] or quality["stale_price"]),
                 "details": {
-                    "previous_snapshot_date": None
-                    if _day(row.previous_snapshot_date) is None
-                    else _day(row.previous_snapshot_date).isoformat(),
+                    "previous_snapshot_date": _iso_day(row.previous_snapshot_date),
                     "equity_start": str(cents_to_decimal(row.equity_start_cents)),
                     "long_positions": int(row.num_long),
                     "short_positions": int(row.num_short),
@@ -892,9 +896,7 @@ def model_inputs(row: Any) -> dict[str, Any]:
         "model": "black_scholes",
         "underlying": row.underlying_symbol,
         "underlying_price": float(row.underlying_price),
-        "underlying_price_date": None
-        if _day(row.underlying_price_date) is None
-        else _day(row.underlying_price_date).isoformat(),
+        "underlying_price_date": _iso_day(row.underlying_price_date),
         "strike": float(row.strike_price),
         "option_type": row.option_type,
         "years_to_expiry": float(row.model_years),

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -207,7 +208,7 @@ async def stress_tests(session: AsyncSession, portfolio_id: uuid.UUID,
     out = []
     for i, (sid, version) in enumerate(zip(r["scenario_ids"], r["scenario_versions"],
                                            strict=True)):
-        d = by_key.get((sid, version), {})
+        d: Mapping[Any, Any] = by_key.get((sid, version), {})
         contributions = all_contributions[i].tolist()
         moves = all_moves[i].tolist()
         out.append({

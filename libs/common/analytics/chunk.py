@@ -16,6 +16,7 @@ the underlying's last close and its realised volatility, `pnl.realised_volatilit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,7 @@ class AnalyticsResult:
     greeks: pd.DataFrame  # one row per active option position
     portfolio_greeks: pd.DataFrame  # portfolio_id, delta, gamma, theta, vega, rho, ...
     risk: pd.DataFrame  # one row per portfolio
-    sectors: dict[str, list[dict]]  # portfolio_id -> [{sector, net_weight, gross_weight}]
+    sectors: dict[str, list[dict[str, Any]]]  # portfolio_id -> [{sector, net_weight, gross_weight}]
     unclassified: dict[str, list[str]]
     correlations: corr_mod.CorrelationResult
     stress: stress.StressResult
@@ -227,7 +228,7 @@ def compute_analytics(
         [risk_frame, portfolio_greeks.add_prefix("greek_").reset_index(drop=True)], axis=1
     )
 
-    sector_rows: dict[str, list[dict]] = {pid: [] for pid in ids}
+    sector_rows: dict[str, list[dict[str, Any]]] = {pid: [] for pid in ids}
     for pid, sector, net_w, gross_w in zip(
         sectors["portfolio_id"], sectors["sector"], sectors["net_weight"], sectors["gross_weight"],
         strict=True,

@@ -15,6 +15,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -40,7 +41,7 @@ class DateOutcome:
 
 def compute_chunk(
     day: dt.date, inputs: repo.ChunkInputs, params: pnl.PricingParams
-) -> tuple[pnl.RefreshResult, list[dict], list[str | None], ExposureResult]:
+) -> tuple[pnl.RefreshResult, list[dict[str, Any]], list[str | None], ExposureResult]:
     """Pure part of a chunk: P&L, Decimal snapshot rows, model inputs, exposures.
 
     Weights are measured against each snapshot's equity (gross exposure when equity <= 0);
