@@ -66,7 +66,7 @@ async def test_openapi_states_the_number_types(settings) -> None:
     assert snapshot["daily_return"]["anyOf"][0]["type"] == "number"
     assert "id" not in schemas["PortfolioOut"]["properties"]
     assert "portfolio_id" in schemas["PortfolioOut"]["required"]
-    sources = schemas["PositionOut"]["properties"]["price_source"]["anyOf"][0]["enum"]
+    sources = schemas["PositionValuationOut"]["properties"]["price_source"]["anyOf"][0]["enum"]
     assert {"market", "stale", "model", "carried", "synthetic"} <= set(sources)
     assert schemas["PriceOut"]["properties"]["close"]["type"] == "string"
     assert schemas["SymbolFactorOut"]["properties"]["beta"]["type"] == "number"

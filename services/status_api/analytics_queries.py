@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from libs.common.analytics import risk as risk_methods
 from libs.common.analytics import stress as stress_methods
 from libs.common.analytics.correlation import CLUSTER_DISTANCE, CLUSTER_LINKAGE, MIN_OBS
+from services.status_api.queries import PRICE_SOURCE_SQL
 
 
 class NoAnalytics(LookupError):
@@ -68,7 +69,8 @@ async def positions_on(session: AsyncSession, portfolio_id: uuid.UUID,
                p.entry_date, p.exit_date, p.exit_price, p.investment_class,
                p.investment_subtype, p.underlying_symbol, p.strike_price,
                p.expiration_date, p.option_type, p.multiplier,
-               ps.snapshot_date AS valuation_date, ps.price, ps.price_source,
+               ps.snapshot_date AS valuation_date, ps.price,
+               """ + PRICE_SOURCE_SQL + """ AS price_source,
                ps.market_value, ps.daily_pnl, ps.realized_pnl, ps.model_inputs::text AS recorded,
                g.delta, g.gamma, g.theta, g.vega, g.rho, g.delta_dollars, g.gamma_dollars,
                g.underlying_price, g.strike, g.years, g.volatility, g.rate,

@@ -303,6 +303,17 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+# A position's price_source as the API states it (schemas.PriceSource): what the valuation
+# stored, except that a "market" quote which is a generated sample-provider bar says
+# "synthetic". `ps` is the position_snapshots row, `p` the position.
+PRICE_SOURCE_SQL = """
+    CASE WHEN ps.price_source = 'market' AND EXISTS (
+             SELECT 1 FROM market_data_cache m
+             WHERE m.symbol = p.symbol AND m.date = ps.snapshot_date
+               AND m.source LIKE '%synthetic%')
+         THEN 'synthetic' ELSE ps.price_source END"""
+
+
 async def positions(session: AsyncSession, portfolio_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = await session.execute(
         text(
@@ -315,11 +326,7 @@ async def positions(session: AsyncSession, portfolio_id: uuid.UUID) -> list[dict
                    p.investment_subtype, p.underlying_symbol, p.strike_price,
                    p.expiration_date, p.option_type, p.multiplier,
                    ps.snapshot_date AS valuation_date, ps.price,
-                   CASE WHEN ps.price_source = 'market' AND EXISTS (
-                            SELECT 1 FROM market_data_cache m
-                            WHERE m.symbol = p.symbol AND m.date = ps.snapshot_date
-                              AND m.source LIKE '%synthetic%')
-                        THEN 'synthetic' ELSE ps.price_source END AS price_source,
+                   """ + PRICE_SOURCE_SQL + """ AS price_source,
                    ps.market_value, ps.delta, COALESCE(ps.is_expired, false) AS is_expired
             FROM positions p
             LEFT JOIN position_snapshots ps ON ps.position_id = p.id

@@ -408,8 +408,8 @@ class ModelInputsOut(BaseModel):
 class PositionValuationOut(PositionOut):
     """A position valued on a date (docs/design.md §10)."""
 
-    daily_pnl: Decimal | None = None
-    realized_pnl: Decimal | None = None
+    daily_pnl: Money | None = None
+    realized_pnl: Money | None = None
     greeks: GreeksOut | None = None
     model_inputs: ModelInputsOut | None = None
 
