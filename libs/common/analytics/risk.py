@@ -233,7 +233,7 @@ def sector_exposures(book: Book, sectors: pd.Series) -> tuple[pd.DataFrame, pd.S
     h = book.holdings
     key = h["risk_symbol"].where(h["risk_symbol"].notna(), h["symbol"]).to_numpy()
     found = pd.Index(sectors.index).get_indexer(key)
-    sector = np.append(sectors.to_numpy(dtype=object), None)[found]  # -1 (unknown) -> None
+    sector = np.append(sectors.to_numpy(dtype=object), [None])[found]  # -1 (unknown) -> None
     sector = np.where(pd.isna(sector) | (sector == ""), UNCLASSIFIED, sector).astype(object)
     ok = book.row >= 0
     row, sector, key = book.row[ok], sector[ok], key[ok]

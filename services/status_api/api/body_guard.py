@@ -14,6 +14,7 @@ guard, for POST/PUT/PATCH under `/api/v1`:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import HTTPException
@@ -38,7 +39,7 @@ class BodyTooLarge(Exception):
     """Raised into the app's body reader when the body passes the cap."""
 
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail, "errors": []},
                         headers={"Connection": "close", **(headers or {})})
 
