@@ -1,5 +1,6 @@
 """Market data providers behind one interface (``sample`` offline, ``yfinance`` real)."""
 
+from libs.common.domain.symbols import provider_exclusion
 from libs.common.market_data.base import (
     PRICE_COLUMNS,
     Fundamentals,
@@ -8,7 +9,6 @@ from libs.common.market_data.base import (
     PriceResult,
     Profile,
     ProfileResult,
-    provider_exclusion,
     refuse_excluded,
 )
 from libs.common.market_data.factory import create_provider, get_provider
