@@ -80,7 +80,8 @@ async def test_reads_use_the_shapes(settings) -> None:
             f"MSFT,-3.5,300,{end - dt.timedelta(days=7)},PUBLIC,STOCK,,,,,,"]
     async with api_client(settings, default_snapshot_maker(settings)) as client:
         created = await client.post("/api/v1/portfolios", headers=headers, files={
-            "file": ("p.csv", csv_bytes(*rows), "text/csv")}, data={"name": "shapes"})
+            "file": ("p.csv", csv_bytes(*rows), "text/csv")},
+            data={"name": "shapes", "equity_balance": "100000"})
         assert created.status_code == 201 and created.json()["status"] == "completed"
         pid = created.json()["portfolio_id"]
         base = f"/api/v1/portfolios/{pid}"
@@ -93,7 +94,7 @@ async def test_reads_use_the_shapes(settings) -> None:
 
     detail = raw[""].json()
     assert "id" not in detail and detail["portfolio_id"] == pid
-    assert MONEY.match(detail["equity_balance"])
+    assert detail["equity_balance"] == "100000.00"
     snapshot = raw["/snapshots"].json()[-1]
     for field in ("equity", "total_value", "gross_exposure", "net_exposure", "daily_pnl",
                   "cumulative_pnl"):
