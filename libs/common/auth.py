@@ -30,6 +30,7 @@ TOKEN_PREFIX = "sb_"
 CACHE_TTL_SECONDS = 10.0
 DEFAULT_EXPIRES_DAYS = 90
 LOCAL_USER = "local"  # the caller when auth is disabled (single-user local runs)
+CLERK_USERNAME_PREFIX = "clerk:"  # users of Clerk session tokens (clerk.py); reserved here
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,9 @@ async def create_user_token(
     """
     if not username.strip():
         raise ValueError("username must not be empty")
+    if username.strip().startswith(CLERK_USERNAME_PREFIX):
+        raise ValueError(f"usernames starting {CLERK_USERNAME_PREFIX!r} are reserved for users "
+                         "signed in with Clerk")
     if expires_days is not None and expires_days < 0:
         raise ValueError("expires_days must be 0 (never) or more")
     user = await ensure_user(session, username.strip(), admin)

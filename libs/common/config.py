@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(default=False, alias="SIGMABATCH_AUTH_DISABLED")
     # Lifetime of a new token (`token create --expires-days` overrides; 0 = never expires).
     token_expires_days: int = Field(default=90, ge=0, alias="SIGMABATCH_TOKEN_EXPIRES_DAYS")
+    # Clerk session tokens (the SigmaSight frontend's sign-in, libs/common/clerk.py): the Clerk
+    # instance's PEM public key (or a file holding it) and issuer URL; no key = JWTs refused.
+    clerk_jwt_public_key: str | None = Field(default=None, alias="CLERK_JWT_PUBLIC_KEY")
+    clerk_jwt_public_key_file: Path | None = Field(default=None, alias="CLERK_JWT_PUBLIC_KEY_FILE")
+    clerk_issuer: str | None = Field(default=None, alias="CLERK_ISSUER")
+    # Allowed `azp` claims (the frontend's origins), comma-separated; empty = not checked.
+    clerk_authorized_parties: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="CLERK_AUTHORIZED_PARTIES")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="CORS_ORIGINS")
     # Jobs
     job_stale_after_seconds: float = Field(default=120.0, alias="SIGMABATCH_JOB_STALE_SECONDS")
@@ -84,7 +92,7 @@ class Settings(BaseSettings):
     health_port: int = Field(default=-1, alias="SIGMABATCH_HEALTH_PORT")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "clerk_authorized_parties", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from libs.common import bootstrap
+from libs.common.clerk import ClerkVerifier
 from libs.common.config import Settings
 from libs.common.db import asyncpg_dsn, dispose_engines, get_engine
 from libs.common.onboarding.upload import SnapshotMaker
@@ -54,7 +55,8 @@ def create_app(settings: Settings | None = None, *,
                snapshot_maker: SnapshotMaker | None = None) -> FastAPI:
     settings = settings or bootstrap.settings()
     state = ApiState(settings=settings, database_url=settings.require_database_url(),
-                     topology=bootstrap.topology(settings), snapshot_maker=snapshot_maker)
+                     topology=bootstrap.topology(settings), snapshot_maker=snapshot_maker,
+                     clerk=ClerkVerifier.from_settings(settings))
     app = FastAPI(title="sigmabatch API", version="0.1.0", description=DESCRIPTION,
                   lifespan=_lifespan(state), default_response_class=FixedPointJSONResponse,
                   # /docs is served by mount_console from the package's own Swagger UI

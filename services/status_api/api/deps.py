@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.auth import LOCAL_USER, Caller, TokenRejected, ensure_user, lookup_token
+from libs.common.clerk import looks_like_jwt, resolve_clerk_token
 from libs.common.config import Settings
 from libs.common.db import session_scope
 from services.status_api import queries
@@ -70,8 +71,10 @@ async def authenticate(state: ApiState, session: AsyncSession,
                        authorization: str | None) -> Caller:
     """The caller of an `Authorization` header value, or 401 saying why (missing, unknown,
     expired, revoked). Shared by `resolve_caller` and the body guard (which authenticates
-    before a request body is read). Resolved tokens are cached for a few seconds (the status
-    endpoint is polled hard), so most requests never touch the session."""
+    before a request body is read). A JWT is a Clerk session token of the web frontend
+    (verified offline, `libs.common.clerk`); anything else is a sigmabatch token. Resolved
+    tokens are cached for a few seconds (the status endpoint is polled hard), so most requests
+    never touch the session."""
     if state.settings.auth_disabled:
         if state.local_caller is None:
             state.local_caller = await ensure_user(session, LOCAL_USER, admin=True)
@@ -83,7 +86,11 @@ async def authenticate(state: ApiState, session: AsyncSession,
     caller = state.token_cache.get(token)
     if caller is None:
         try:
-            resolved = await lookup_token(session, token)
+            if looks_like_jwt(token):
+                resolved = await resolve_clerk_token(session, state.database_url, state.clerk,
+                                                     token)
+            else:
+                resolved = await lookup_token(session, token)
         except TokenRejected as rejected:
             raise _unauthorized(str(rejected)) from None
         caller = resolved.caller

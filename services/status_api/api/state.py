@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from libs.common import bus
 from libs.common.auth import Caller, TokenCache
+from libs.common.clerk import ClerkVerifier
 from libs.common.config import Settings
 from libs.common.domain.statuses import FINISHED_ONBOARDING_STATUSES
 from libs.common.events import Message
@@ -78,6 +79,7 @@ class ApiState:
     database_url: str
     topology: bus.Topology
     snapshot_maker: SnapshotMaker | None = None
+    clerk: ClerkVerifier | None = None  # None: Clerk session tokens are refused (not configured)
     token_cache: TokenCache = field(default_factory=TokenCache)
     status_cache: FinishedStatusCache = field(default_factory=FinishedStatusCache)
     metrics: Metrics = field(default_factory=Metrics.create)
