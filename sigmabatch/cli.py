@@ -6,6 +6,7 @@
     sigmabatch trigger nightly [--date D]          what cron runs
     sigmabatch migrate | status
     sigmabatch token create --user NAME [--admin] [--expires-days N] | list | revoke ID|--user NAME
+    sigmabatch jobs retry ID                       re-drive a failed job
 
 Operator commands find the system through DATABASE_URL / NATS_URL, else through the
 `runtime.json` that a running `sigmabatch up` wrote in its data dir.
@@ -169,6 +170,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
             publish_nightly(nats_url, target if args.date else None, args.requested_by,
                             args.rerun, replicas=resolve_stream_replicas(args.data_dir))
         )
+        if args.rerun:  # a rerun is its own job (see symbol_batch.handlers.rerun_key)
+            key = f"{key}:rerun:{msg_id.rsplit(':', 1)[-1]}"
         if published:
             print(f"published batch.nightly.requested ({msg_id}) for {key}")
         else:
@@ -198,6 +201,35 @@ async def _wait(database_url: str, key: str, since: dt.datetime, within: float) 
                                     within_seconds=within)
     finally:
         await dispose_engines()
+
+
+async def retry_job(database_url: str, nats_url: str, job_id: uuid.UUID) -> str:
+    """Re-drive a failed job: its recorded message is published again."""
+    from libs.common import bootstrap
+    from libs.common.db import dispose_engines
+    from libs.common.jobs import redrive_job
+
+    connection = await bootstrap.connect_bus(_settings(), "sigmabatch-jobs-retry",
+                                             long_lived=False, nats_url=nats_url)
+    try:
+        return await redrive_job(database_url, connection.js, connection.topology, job_id)
+    finally:
+        await connection.nc.close()
+        await dispose_engines()
+
+
+def cmd_jobs_retry(args: argparse.Namespace) -> int:
+    from libs.common.jobs import NotRetryable
+
+    database_url, nats_url = resolve_urls(args.data_dir)
+    if not database_url or not nats_url:
+        raise CommandError("no DATABASE_URL/NATS_URL set and no running `sigmabatch up`")
+    try:
+        msg_id = asyncio.run(retry_job(database_url, nats_url, args.job_id))
+    except NotRetryable as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"job {args.job_id} re-driven ({msg_id})")
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -370,6 +402,12 @@ def render_status(status: dict[str, Any]) -> str:
     parts = [
         f"Watermark: last completed symbol batch date {mark['last_completed_date'] or '(none)'}"
         f" (latest recorded {mark['last_date'] or '(none)'}, {mark['dates_recorded']} dates)",
+        "Holes (sessions never batched inside the history; the next runs fill them): "
+        + (", ".join(d.isoformat() for d in status["holes"][:50]) or "none")
+        + (f" … ({len(status['holes'])} in all)" if len(status["holes"]) > 50 else ""),
+        "Partial dates (some symbols failed; retried by the next runs): "
+        + (", ".join(f"{r['batch_date']} ({r['symbols_failed']} failed)"
+                     for r in status["partial_dates"]) or "none"),
         "Jobs in the last 24 h: "
         + (", ".join(f"{k} {v}" for k, v in sorted(status["last_24h"].items())) or "none"),
         "",
@@ -495,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument(
         "--rerun",
         action="store_true",
-        help="bypass the duplicate window on purpose (re-run a date)",
+        help="restate the date: re-fetch it, recompute its betas and restate the snapshots "
+        "from it to the latest date (also bypasses the duplicate window)",
     )
     nightly.add_argument(
         "--wait",
@@ -515,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = with_data_dir(commands.add_parser("status", help="jobs, watermark, bus lag"))
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)
+
+    jobs = commands.add_parser("jobs", help="jobs (batch_run_history)")
+    job_actions = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    retry = with_data_dir(job_actions.add_parser(
+        "retry", help="re-drive a failed job (re-publish its recorded message)"))
+    retry.add_argument("job_id", type=uuid.UUID, help="the failed job's id")
+    retry.set_defaults(handler=cmd_jobs_retry)
 
     token = commands.add_parser("token", help="API tokens")
     token_actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")

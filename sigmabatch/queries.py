@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.common import calendar
+
 JOB_COLUMNS = (
     "job_type, job_key, status, current_phase, progress_current, progress_total, "
     "progress_unit, attempts, started_at, heartbeat_at, finished_at, error"
@@ -43,6 +45,13 @@ async def system_status(session: AsyncSession) -> dict[str, Any]:
                                                 "FROM batch_run_history "
                                                 "ORDER BY job_type, started_at DESC"),
         "last_24h": {r.status: r.n for r in counts},
+        # Sessions never batched between the first and the last batched one: the next runs
+        # fill them, oldest first (no silent holes); partial dates are retried by them too.
+        "holes": calendar.holes({r.batch_date for r in await session.execute(
+            text("SELECT batch_date FROM symbol_batch_dates"))}),
+        "partial_dates": await _rows(session, "SELECT batch_date, symbols_failed "
+                                              "FROM symbol_batch_dates WHERE status = 'partial' "
+                                              "ORDER BY batch_date DESC LIMIT 20"),
     }
 
 

@@ -28,6 +28,7 @@ async def publish_nightly(
         target_date=target_date,
         requested_by=requested_by,
         rerun_token=uuid.uuid4().hex[:12] if rerun else None,
+        rerun=rerun,
     )
     # Reconnecting: a node lost mid-publish moves the client to another (the publish retries).
     connection = await bootstrap.connect_bus(settings, "sigmabatch-trigger", nats_url=nats_url)

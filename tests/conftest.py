@@ -138,7 +138,7 @@ async def _delete_streams(nats_url: str, topology: bus.Topology) -> None:
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        for stream in (topology.jobs_stream, topology.events_stream):
+        for stream in (topology.jobs_stream, topology.events_stream, topology.advisories_stream):
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(stream)
     finally:

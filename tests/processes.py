@@ -26,7 +26,7 @@ class ServiceProcess:
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-{replica}-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> ServiceProcess:
+    def start(self, *, wait_ready: bool = True, timeout: float = 90.0) -> ServiceProcess:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],

@@ -324,3 +324,46 @@ async def test_large_upload_is_stored_in_one_set_based_write(settings):
         last = (await session.execute(text(
             "SELECT source_row, quantity FROM positions ORDER BY source_row DESC LIMIT 1"))).one()
     assert (last.source_row, int(last.quantity)) == (5001, 5000)
+
+
+async def test_admin_rerun_and_job_retry_redrive_through_the_bus(settings):
+    """Issue 12: `{"target_date": D, "rerun": true}` publishes a restating rerun, and
+    `POST /admin/jobs/{id}/retry` re-publishes a failed job's recorded message."""
+    from libs.common.jobs import record_failed_job
+
+    admin = await token_for(settings.database_url, "root", admin=True)
+    user = await token_for(settings.database_url, "alice")
+    failed_message = BatchNightlyRequested(target_date=dt.date(2025, 6, 27))
+    await record_failed_job(settings.database_url, "symbol_batch", "2025-06-27", "boom",
+                            subject=failed_message.subject,
+                            payload=failed_message.model_dump_json().encode())
+    tracker = JobTracker(settings.database_url)
+    running = await tracker.start("symbol_batch", "2025-06-30")
+    async with api_client(settings) as client:
+        rerun = await client.post("/api/v1/admin/batch/nightly", headers=admin,
+                                  json={"target_date": "2025-06-26", "rerun": True})
+        assert rerun.status_code == 202, rerun.text
+        assert rerun.json()["message_id"].startswith("nightly:2025-06-26:")
+        jobs = (await client.get("/api/v1/batch/runs", headers=admin)).json()
+        failed_id = next(j["id"] for j in jobs if j["status"] == "failed")
+        assert (await client.post(f"/api/v1/admin/jobs/{failed_id}/retry",
+                                  headers=user)).status_code == 403
+        retried = await client.post(f"/api/v1/admin/jobs/{failed_id}/retry", headers=admin)
+        assert retried.status_code == 202, retried.text
+        assert retried.json()["message_id"] == f"retry:{failed_id}"
+        busy = await client.post(f"/api/v1/admin/jobs/{running.id}/retry", headers=admin)
+        assert busy.status_code == 409 and "running" in busy.json()["detail"]
+        missing = await client.post(f"/api/v1/admin/jobs/{uuid.uuid4()}/retry", headers=admin)
+        assert missing.status_code == 404
+    nc = await nats.connect(settings.nats_url)
+    try:
+        topology = bus.Topology(settings.bus_prefix)
+        sub = await nc.jetstream().pull_subscribe(
+            topology.subject(BatchNightlyRequested.subject), durable="test-reader",
+            stream=topology.jobs_stream)
+        messages = [BatchNightlyRequested.model_validate_json(m.data)
+                    for m in await sub.fetch(2, timeout=2)]
+    finally:
+        await nc.close()
+    assert [(m.target_date, m.rerun) for m in messages] == [
+        (dt.date(2025, 6, 26), True), (dt.date(2025, 6, 27), False)]

@@ -220,3 +220,45 @@ async def test_events_have_one_durable_per_consumer_each_gets_every_event(
 )
 def test_topology_names(prefix: str, expected: str) -> None:
     assert bus.Topology(prefix).jobs_stream == expected
+
+
+async def test_message_nobody_settled_at_max_deliver_is_recorded_and_removed(
+    ctx: ServiceContext,
+) -> None:
+    """Issue 12 finding 3: the last delivery could not write its dead letter (PostgreSQL
+    down), so the message reached MaxDeliver unsettled and sat in the work queue, unseen.
+    The MAX_DELIVERIES advisory consumer records it as the failed job (by its job key, with
+    the payload to re-drive it) and deletes it."""
+    spec = nightly_spec(ctx, max_deliver=2, ack_wait_seconds=1.0, nak_delays=(0.2,),
+                        job_key=lambda m: m.target_date.isoformat())
+
+    async def failing(message, delivery) -> None:
+        raise RuntimeError("database unreachable")
+
+    async def unwritable_dead_letter(*args) -> None:
+        raise ConnectionError("database unreachable")
+
+    await bus.ensure_consumer(ctx.js, ctx.topology, spec)
+    await ctx.publish(BatchNightlyRequested(target_date=dt.date(2024, 3, 1)))
+    stop = asyncio.Event()
+    loops = [
+        asyncio.create_task(bus.consume(ctx.js, ctx.topology, spec, failing, stop,
+                                        dead_letter=unwritable_dead_letter)),
+        asyncio.create_task(bus.consume_max_deliveries(ctx.js, ctx.topology, spec,
+                                                       ctx.dead_letter, stop)),
+    ]
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        row = None
+        while row is None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.3)
+            row = await ctx.jobs.latest(spec.job_type, "2024-03-01")
+    finally:
+        stop.set()
+        await asyncio.gather(*loops, return_exceptions=True)
+    assert row is not None, "the unsettled message was never recorded"
+    assert row["status"] == "failed" and "MaxDeliver" in row["error"]
+    assert row["result"]["subject"] == BatchNightlyRequested.subject
+    assert '"2024-03-01"' in row["result"]["payload"]
+    info = await ctx.js.stream_info(ctx.topology.jobs_stream)
+    assert info.state.messages == 0

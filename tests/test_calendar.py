@@ -72,9 +72,22 @@ def test_missing_sessions_backfills_skipping_weekends_and_holidays():
     ]
 
 
-def test_missing_sessions_caps_the_backfill_to_the_newest():
+def test_missing_sessions_beyond_the_cap_are_done_oldest_first_by_following_runs():
+    # Issue 12 finding 7: the cap used to keep the newest N and skip the oldest for good.
     got = cal.missing_sessions(date(2025, 1, 2), date(2025, 12, 31), max_backfill=3)
-    assert got == [date(2025, 12, 29), date(2025, 12, 30), date(2025, 12, 31)]
+    assert got == [date(2025, 1, 3), date(2025, 1, 6), date(2025, 1, 7)]
+    done = {date(2025, 1, 2), *got}
+    following = cal.missing_sessions(max(done), date(2025, 12, 31), max_backfill=3, done=done,
+                                      first_completed=min(done))
+    assert following == [date(2025, 1, 8), date(2025, 1, 10), date(2025, 1, 13)]  # 9th: closed
+
+
+def test_holes_are_listed_and_filled_before_newer_sessions():
+    done = {date(2025, 12, 22), date(2025, 12, 24), date(2025, 12, 29)}
+    assert cal.holes(done) == [date(2025, 12, 23), date(2025, 12, 26)]
+    got = cal.missing_sessions(date(2025, 12, 29), date(2025, 12, 31), max_backfill=3,
+                               done=done, first_completed=date(2025, 12, 22))
+    assert got == [date(2025, 12, 23), date(2025, 12, 26), date(2025, 12, 30)]
 
 
 def test_nothing_missing_when_up_to_date():

@@ -92,3 +92,115 @@ async def test_dead_letter_marks_the_running_job_failed(tracker) -> None:
     row = await tracker.latest("symbol_onboard", "onboard:ZZZ")
     assert row["id"] == job.id and row["status"] == "failed" and row["error"] == "boom"
     assert row["result"]["dead_letter"] is True and row["result"]["deliveries"] == 5
+
+
+# --- issue 12 finding 2: a dead owner is recognised by its liveness, not a 120 s silence ----
+
+LEASE_HOLDER = """
+import asyncio, sys
+from libs.common.jobs import JobTracker
+
+async def main():
+    tracker = JobTracker(sys.argv[1], worker_id="doomed", stale_after_seconds=120)
+    await tracker.start("portfolio_refresh_chunk", "2024-03-01:0/1:x")
+    print("started", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_job_of_a_killed_worker_is_taken_over_at_once(database_url: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LEASE_HOLDER, database_url, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert (await holder.stdout.readline()).decode().strip() == "started"
+        successor = JobTracker(database_url, worker_id="successor", stale_after_seconds=120)
+        with pytest.raises(JobAlreadyRunning):  # the owner is alive: not reclaimable
+            await successor.start("portfolio_refresh_chunk", "2024-03-01:0/1:x")
+        holder.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(holder.wait(), timeout=10)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        job = None
+        while job is None and loop.time() - started < 5:  # the server notices the dead socket
+            try:
+                job = await successor.start("portfolio_refresh_chunk", "2024-03-01:0/1:x")
+            except JobAlreadyRunning:
+                await asyncio.sleep(0.1)
+        assert job is not None and job.reclaimed, "not taken over within 5 s (stale is 120 s)"
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+    await dispose_engines()
+
+
+async def test_cancelled_job_is_released_for_an_immediate_takeover(database_url: str) -> None:
+    owner = JobTracker(database_url, worker_id="owner", stale_after_seconds=120)
+    entered = asyncio.Event()
+
+    async def work() -> None:
+        async with owner.run("symbol_onboard", "NVDA"):
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(work())
+    await entered.wait()
+    task.cancel()  # SIGTERM past the grace
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    other = JobTracker(database_url, worker_id="other", stale_after_seconds=120)
+    job = await other.start("symbol_onboard", "NVDA")  # the owner is alive, the row released
+    assert job.reclaimed
+    await dispose_engines()
+
+
+async def test_redelivery_waits_for_a_live_owner_instead_of_failing(database_url: str) -> None:
+    owner = JobTracker(database_url, worker_id="owner", stale_after_seconds=120)
+    waiter = JobTracker(database_url, worker_id="waiter", owner_wait_seconds=10)
+    job = await owner.start("symbol_onboard", "AMD")
+
+    async def finish_soon() -> None:
+        await asyncio.sleep(1.0)
+        await owner.finish(job)
+
+    finisher = asyncio.create_task(finish_soon())
+    second = await waiter.start("symbol_onboard", "AMD")
+    await finisher
+    assert second.id != job.id and not second.reclaimed
+    await dispose_engines()
+
+
+async def test_dead_letter_with_a_live_other_owner_leaves_its_row_alone(database_url: str) -> None:
+    owner = JobTracker(database_url, worker_id="owner")
+    other = JobTracker(database_url, worker_id="other")
+    job = await owner.start("symbol_batch", "2024-03-01")
+    await other.record_dead_letter("symbol_batch", "2024-03-01", "dup", b"{}", 5,
+                                   subject="batch.nightly.requested")
+    row = await owner.latest("symbol_batch", "2024-03-01")
+    assert row["id"] == job.id and row["status"] == "running"
+    await dispose_engines()
+
+
+def test_shipped_retry_budget_outlasts_the_takeover_of_a_silent_owner() -> None:
+    from libs.common.bus import ConsumerSpec
+    from libs.common.config import Settings
+    from libs.common.events import BatchNightlyRequested
+
+    settings = Settings()
+    assert (settings.ack_wait_seconds, settings.job_stale_after_seconds,
+            settings.max_deliver) == (30.0, 120.0, 5)
+    spec = ConsumerSpec("d", BatchNightlyRequested, "symbol_batch",
+                        ack_wait_seconds=settings.ack_wait_seconds,
+                        max_deliver=settings.max_deliver)
+    budget = spec.retry_budget_seconds(owner_wait_seconds=settings.ack_wait_seconds)
+    assert budget > settings.job_stale_after_seconds + settings.ack_wait_seconds

@@ -409,3 +409,87 @@ async def test_factor_definitions_seed_is_idempotent_and_converges(database_url)
     )
     spread = next(r for r in rows if r["name"] == "growth_value_spread")
     assert (spread["method"], spread["regressor"], spread["window_days"]) == ("ols", "VUG-VTV", 180)
+
+
+# --- issue 12 finding 7: reruns restate, partial dates are retried, no silent holes ----------
+
+
+class FlakyProvider(RecordingProvider):
+    """The sample provider, with one symbol failing in its first price call only."""
+
+    def __init__(self, symbol: str) -> None:
+        super().__init__()
+        self.symbol = symbol
+
+    async def fetch_prices(self, symbols, start, end):
+        result = await super().fetch_prices(symbols, start, end)
+        if len(self.price_calls) == 1 and self.symbol in symbols:
+            result.bars = result.bars[result.bars["symbol"] != self.symbol]
+            result.failures[self.symbol] = "upstream 503"
+        return result
+
+
+async def test_rerun_refetches_the_date_and_announces_a_restatement(ctx, settings):
+    url = settings.database_url
+    await seed_universe(url, UNIVERSE)
+    await set_watermark(url, D(2025, 11, 25))
+    provider = RecordingProvider()
+    async with consumers(ctx, SymbolBatch(ctx, provider)):
+        await ctx.publish(BatchNightlyRequested(target_date=D(2025, 12, 1)))
+        await wait_for(lambda: _has_events(ctx, 3), what="three events")
+        first = {r["batch_date"]: r["run_id"] for r in await batch_dates(url)}
+        # What `sigmabatch trigger nightly --date 2025-11-28 --rerun` publishes.
+        await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 28), rerun=True,
+                                                rerun_token="op1"))
+        await wait_for(lambda: _has_events(ctx, 4), what="the restatement event")
+    assert len(provider.price_calls) == 2 and provider.price_calls[1][2] == D(2025, 11, 28)
+    jobs = await jobs_of(url)
+    assert [(j["job_key"], j["status"]) for j in jobs] == [
+        ("2025-12-01", "completed"), ("2025-11-28:rerun:op1", "completed")]
+    after = {r["batch_date"]: r["run_id"] for r in await batch_dates(url)}
+    assert after[D(2025, 11, 28)] != first[D(2025, 11, 28)]  # recorded by the rerun
+    assert after[D(2025, 12, 1)] == first[D(2025, 12, 1)]
+    restated = [e for e in await completed_events(ctx) if e.restate]
+    assert [(e.batch_date, e.run_id) for e in restated] == [
+        (D(2025, 11, 28), str(after[D(2025, 11, 28)]))]
+
+
+async def test_partial_date_is_retried_by_the_next_night_and_restated(ctx, settings):
+    url = settings.database_url
+    await seed_universe(url, UNIVERSE)
+    await set_watermark(url, D(2025, 11, 26))
+    provider = FlakyProvider("MSFT")
+    async with consumers(ctx, SymbolBatch(ctx, provider)):
+        await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 28)))
+        await wait_for(lambda: _has_events(ctx, 1), what="the first night")
+        assert [(r["batch_date"], r["status"]) for r in await batch_dates(url)][-1] == (
+            D(2025, 11, 28), "partial")
+        await ctx.publish(BatchNightlyRequested(target_date=D(2025, 12, 1)))
+        await wait_for(lambda: _has_events(ctx, 3), what="the second night")
+    dates = await batch_dates(url)
+    assert [(r["batch_date"], r["status"]) for r in dates if r["symbols_total"]] == [
+        (D(2025, 11, 28), "completed"), (D(2025, 12, 1), "completed")]
+    msft = await sql(url, "SELECT count(*) AS n FROM symbol_factor_exposures "
+                          "WHERE symbol = 'MSFT' AND calculation_date = '2025-11-28'")
+    assert msft[0]["n"] == len(ALL_FACTORS)
+    events = await completed_events(ctx)
+    assert [(e.batch_date, e.status, e.restate) for e in events] == [
+        (D(2025, 11, 28), "partial", False),
+        (D(2025, 11, 28), "completed", True),
+        (D(2025, 12, 1), "completed", False),
+    ]
+
+
+async def test_sessions_beyond_the_cap_are_caught_up_oldest_first(ctx, settings):
+    url = settings.database_url
+    await seed_universe(url, UNIVERSE)
+    await set_watermark(url, D(2025, 11, 20))
+    ctx.settings.max_backfill_days = 2
+    async with consumers(ctx, SymbolBatch(ctx, SampleProvider())):
+        await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 28)))
+        await wait_for(lambda: _has_events(ctx, 2), what="the first run")
+        await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 28), rerun_token="n2"))
+        await wait_for(lambda: _has_events(ctx, 4), what="the second run")
+    done = [r["batch_date"] for r in await batch_dates(url)]
+    # oldest first, nothing skipped: 21, 24 then 25, 26 (27th: Thanksgiving; 28th next time)
+    assert done == [D(2025, 11, 21), D(2025, 11, 24), D(2025, 11, 25), D(2025, 11, 26)]

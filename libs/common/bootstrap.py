@@ -17,7 +17,7 @@ checks it against `events.COMMANDS` / `events.EVENTS`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,33 @@ from libs.common.events import (
     SymbolOnboardRequested,
 )
 
+# -- job keys: the key each handler runs its job under (so a dead letter closes that row) --
+
+
+def nightly_job_key(message: BatchNightlyRequested) -> str:
+    """The requested date; a request for the latest date is keyed once resolved."""
+    return message.target_date.isoformat() if message.target_date else "latest"
+
+
+def onboard_job_key(message: SymbolOnboardRequested) -> str:
+    return message.symbol.upper()
+
+
+def refresh_request_job_key(message: PortfolioRefreshRequested) -> str:
+    """`<portfolio>:<date>`; a request without a date is keyed by its date once resolved."""
+    day = message.as_of.isoformat() if message.as_of else "latest"
+    return f"{message.portfolio_id}:{day}"
+
+
+def refresh_chunk_job_key(message: PortfolioRefreshChunkRequested) -> str:
+    return message.message_id().removeprefix("refresh-chunk:")
+
+
+def refresh_plan_job_key(message: SymbolBatchCompleted) -> str:
+    """A date's plan; a restatement of the date is its own job."""
+    day = message.batch_date.isoformat()
+    return f"{day}:restate:{message.run_id}" if message.restate else day
+
 
 @dataclass(frozen=True)
 class Route:
@@ -51,20 +78,22 @@ class Route:
     job_type: str  # names the jobs and dead letters this consumer records
     concurrency: int = 1  # consume loops per process sharing the durable
     batch: int = 1
+    job_key: Callable[[Any], str] | None = None  # the handler's job key (default: msg id)
 
 
 ROUTES: tuple[Route, ...] = (
     # commands: exactly one consumer each
-    Route(BatchNightlyRequested, "symbol_batch", "symbol-batch", "symbol_batch"),
+    Route(BatchNightlyRequested, "symbol_batch", "symbol-batch", "symbol_batch",
+          job_key=nightly_job_key),
     Route(SymbolOnboardRequested, "onboarding", "onboarding-worker", "symbol_onboard",
-          concurrency=4),
+          concurrency=4, job_key=onboard_job_key),
     Route(PortfolioRefreshRequested, "portfolio_refresh", "portfolio-refresh-request",
-          "portfolio_refresh_request", concurrency=2),
+          "portfolio_refresh_request", concurrency=2, job_key=refresh_request_job_key),
     Route(PortfolioRefreshChunkRequested, "portfolio_refresh", "portfolio-refresh-chunk",
-          "portfolio_refresh_chunk"),
+          "portfolio_refresh_chunk", job_key=refresh_chunk_job_key),
     # events: any number of consumers, each its own durable
     Route(SymbolBatchCompleted, "portfolio_refresh", "portfolio-refresh-batch",
-          "portfolio_refresh"),
+          "portfolio_refresh", job_key=refresh_plan_job_key),
     Route(SymbolOnboardCompleted, "onboarding", "onboarding-coordinator",
           "onboarding_coordinator"),
 )
@@ -98,7 +127,8 @@ def routes_of(service: str, routes: Sequence[Route] = ROUTES) -> tuple[Route, ..
 def consumer_spec(route: Route, settings: Settings) -> bus.ConsumerSpec[Any]:
     """The durable consumer of a route with this deployment's AckWait and MaxDeliver."""
     return bus.ConsumerSpec(durable=route.durable, message_type=route.message_type,
-                            job_type=route.job_type, ack_wait_seconds=settings.ack_wait_seconds,
+                            job_type=route.job_type, job_key=route.job_key,
+                            ack_wait_seconds=settings.ack_wait_seconds,
                             max_deliver=settings.max_deliver, replicas=settings.stream_replicas)
 
 

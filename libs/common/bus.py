@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import re
 import ssl
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
 
 class TransientError(Exception):
     """A failure worth retrying later (provider down, lock held): nak with a delay."""
@@ -84,6 +88,14 @@ class Topology:
     def events_stream(self) -> str:
         return self._stream("SIGMABATCH_EVENTS")
 
+    @property
+    def advisories_stream(self) -> str:
+        """Where the server's MAX_DELIVERIES advisories about our consumers are kept."""
+        return self._stream("SIGMABATCH_ADVISORIES")
+
+    def max_deliveries_subject(self, stream: str, durable: str = "*") -> str:
+        return f"{MAX_DELIVERIES_ADVISORY}.{stream}.{durable}"
+
     def stream_for(self, message_type: type[Message]) -> str:
         return self.jobs_stream if message_type.is_command else self.events_stream
 
@@ -92,12 +104,15 @@ class Topology:
 class ConsumerSpec(Generic[M]):
     """A durable pull consumer of one message type.
 
-    `job_type` names the dead-letter records this consumer writes (visible in the API).
+    `job_type` names the dead-letter records this consumer writes (visible in the API), and
+    `job_key` maps a message to the key its handler runs the job under, so a dead letter
+    closes that job's row instead of opening another (default: the Nats-Msg-Id).
     """
 
     durable: str
     message_type: type[M]
     job_type: str
+    job_key: Callable[[Any], str] | None = None
     ack_wait_seconds: float = 30.0
     max_deliver: int = 5
     max_ack_pending: int = 1000
@@ -108,6 +123,15 @@ class ConsumerSpec(Generic[M]):
 
     def nak_delay(self, num_delivered: int) -> float:
         return self.nak_delays[min(num_delivered, len(self.nak_delays)) - 1]
+
+    def key_of(self, message: M) -> str:
+        return self.job_key(message) if self.job_key is not None else message.message_id()
+
+    def retry_budget_seconds(self, owner_wait_seconds: float = 0.0) -> float:
+        """How long a failing message keeps being retried before it is dead-lettered:
+        the nak delays between its deliveries, plus each delivery's wait for a live owner."""
+        naks = sum(self.nak_delay(n) for n in range(1, self.max_deliver))
+        return naks + self.max_deliver * owner_wait_seconds
 
 
 def server_urls(url: str) -> list[str]:
@@ -213,6 +237,17 @@ async def ensure_streams(
             storage=StorageType.FILE,
             max_age=event_retention_days * 86400.0,
             duplicate_window=duplicate_window_seconds,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
+            name=topology.advisories_stream,
+            subjects=[
+                topology.max_deliveries_subject(topology.jobs_stream),
+                topology.max_deliveries_subject(topology.events_stream),
+            ],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=event_retention_days * 86400.0,
             num_replicas=replicas,
         ),
     ]
@@ -369,13 +404,26 @@ async def publish(
     return not duplicate
 
 
+async def publish_raw(
+    js: JetStreamContext, topology: Topology, subject: str, payload: bytes, msg_id: str
+) -> bool:
+    """Re-publish a recorded message (`jobs retry`) under a new Nats-Msg-Id."""
+    ack = await js.publish(topology.subject(subject), payload, headers={"Nats-Msg-Id": msg_id})
+    return not bool(ack.duplicate)
+
+
 @dataclass
 class Delivery:
-    """What a handler may know of the message in hand."""
+    """What a handler may know of the message in hand.
+
+    A handler that resolves its job key from more than the message (e.g. today's date) sets
+    `job_key`, so a dead letter of this delivery closes that job's row.
+    """
 
     msg: Msg
     num_delivered: int
     msg_id: str | None
+    job_key: str | None = None
 
     async def in_progress(self) -> None:
         """Extend AckWait explicitly (the consume loop also heartbeats on its own)."""
@@ -406,15 +454,18 @@ async def process_message(
     """
     deliveries = msg.metadata.num_delivered if msg.metadata else 1
     msg_id = (msg.headers or {}).get("Nats-Msg-Id")
-    key = msg_id or f"seq:{msg.metadata.sequence.stream if msg.metadata else '?'}"
+    delivery = Delivery(msg=msg, num_delivered=deliveries, msg_id=msg_id)
+    fallback_key = msg_id or f"seq:{msg.metadata.sequence.stream if msg.metadata else '?'}"
+    message_key: str | None = None
 
     async def to_dead_letter(error: str) -> str:
+        key = delivery.job_key or message_key or fallback_key
         log.error(
             "dead-lettering %s after %d deliveries: %s",
             spec.message_type.subject,
             deliveries,
             error,
-            extra={"msg_id": key},
+            extra={"msg_id": fallback_key, "job_key": key},
         )
         if dead_letter is not None:
             try:
@@ -430,10 +481,12 @@ async def process_message(
         message = spec.message_type.model_validate_json(msg.data)
     except ValidationError as exc:
         return await to_dead_letter(f"invalid {spec.message_type.__name__} payload: {exc}")
+    with contextlib.suppress(Exception):
+        message_key = spec.key_of(message)
 
     heartbeat = asyncio.create_task(_heartbeat(msg, max(spec.ack_wait_seconds / 3, 0.2)))
     try:
-        await handler(message, Delivery(msg=msg, num_delivered=deliveries, msg_id=msg_id))
+        await handler(message, delivery)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             await msg.nak()
@@ -451,7 +504,7 @@ async def process_message(
             delay,
             type(exc).__name__,
             exc,
-            extra={"msg_id": key, "correlation_id": message.correlation_id},
+            extra={"msg_id": fallback_key, "correlation_id": message.correlation_id},
         )
         await msg.nak(delay=delay)
         return "nak"
@@ -517,6 +570,131 @@ def cluster_summary(cluster: ClusterInfo | None) -> dict[str, Any]:
             }
         )
     return {"leader": cluster.leader, "peers": peers}
+
+
+async def _bind_advisories(
+    js: JetStreamContext, topology: Topology, durable: str, config: ConsumerConfig
+) -> Any:
+    """Create the advisory consumer (or replace it when its filter changed) and bind to it.
+
+    A replacement starts from new advisories only: replaying old ones would record again
+    the events-stream messages they name.
+    """
+    stream = topology.advisories_stream
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        info = None
+    if info is not None and info.config.filter_subject != config.filter_subject:
+        await js.delete_consumer(stream, durable)
+        config = dataclasses.replace(config, deliver_policy=DeliverPolicy.NEW)
+        info = None
+    if info is None:
+        try:
+            await js.add_consumer(stream, config)
+        except BadRequestError:
+            await js.consumer_info(stream, durable)  # a replica created it meanwhile
+    return await js.pull_subscribe_bind(durable=durable, stream=stream)
+
+
+async def settle_max_delivery(
+    js: JetStreamContext,
+    topology: Topology,
+    spec: ConsumerSpec[Any],
+    dead_letter: DeadLetterSink,
+    advisory: dict[str, Any],
+) -> str:
+    """Record, as a failed job, a message the server stopped delivering (MaxDeliver reached)
+    that no handler settled, then delete it from the work queue (it would sit there unseen).
+
+    Returns what happened: "recorded", "gone" (the message was settled meanwhile) or
+    "unknown" (not about `spec`). A message of the events stream is only recorded: other
+    consumers may still need it, and its retention removes it.
+    """
+    stream, durable = advisory.get("stream"), advisory.get("consumer")
+    seq = int(advisory.get("stream_seq") or 0)
+    if durable != spec.durable or stream != topology.stream_for(spec.message_type) or seq <= 0:
+        return "unknown"
+    try:
+        raw = await js.get_msg(stream, seq)
+    except NotFoundError:
+        return "gone"
+    deliveries = int(advisory.get("deliveries") or spec.max_deliver)
+    msg_id = (raw.headers or {}).get("Nats-Msg-Id") or f"seq:{seq}"
+    payload = raw.data or b""
+    try:
+        key = spec.key_of(spec.message_type.model_validate_json(payload))
+    except Exception:
+        key = msg_id
+    error = (
+        f"{spec.message_type.subject} (seq {seq}) reached MaxDeliver ({deliveries} deliveries) "
+        "without any handler settling it; recorded from the MAX_DELIVERIES advisory"
+    )
+    log.error("%s", error, extra={"msg_id": msg_id, "job_key": key})
+    await dead_letter(spec, key, payload, error, deliveries)
+    if stream == topology.jobs_stream:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_msg(stream, seq)
+    return "recorded"
+
+
+async def consume_max_deliveries(
+    js: JetStreamContext,
+    topology: Topology,
+    spec: ConsumerSpec[Any],
+    dead_letter: DeadLetterSink,
+    stop: asyncio.Event,
+    *,
+    retry_delay: float = 5.0,
+) -> None:
+    """The consumer of the MAX_DELIVERIES advisories of one durable (shared by replicas).
+
+    An advisory whose record cannot be written yet (PostgreSQL down) is retried every
+    `retry_delay` seconds until it is (the advisory consumer has no MaxDeliver).
+    """
+    stream = topology.stream_for(spec.message_type)
+    durable = f"{spec.durable}-max-deliveries"
+    config = ConsumerConfig(
+        durable_name=durable,
+        filter_subject=topology.max_deliveries_subject(stream, spec.durable),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30.0,
+        max_deliver=-1,
+    )
+    subscription = None
+    while subscription is None and not stop.is_set():
+        try:
+            subscription = await _bind_advisories(js, topology, durable, config)
+        except Exception as exc:  # NATS restarting: never take the service down for this
+            log.warning("MAX_DELIVERIES consumer %s not ready: %s", durable, exc)
+            await asyncio.sleep(retry_delay)
+    if subscription is None:
+        return
+    try:
+        while not stop.is_set():
+            try:
+                messages = await subscription.fetch(1, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:
+                log.debug("advisory fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in messages:
+                try:
+                    advisory = json.loads(msg.data)
+                    outcome = await settle_max_delivery(js, topology, spec, dead_letter, advisory)
+                except Exception as exc:
+                    log.warning("MAX_DELIVERIES advisory not recorded yet: %s", exc)
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=retry_delay)
+                    continue
+                log.info("MAX_DELIVERIES advisory of %s: %s", spec.durable, outcome)
+                await msg.ack()
+    finally:
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()
 
 
 async def consumer_lag(js: JetStreamContext, topology: Topology) -> list[dict[str, Any]]:

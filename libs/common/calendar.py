@@ -81,23 +81,42 @@ def effective_trading_date(now: datetime, settle_delay: timedelta = timedelta(ho
 
 
 def missing_sessions(
-    last_completed: date | None, target: date, max_backfill: int | None = None
+    last_completed: date | None,
+    target: date,
+    max_backfill: int | None = None,
+    *,
+    done: set[date] | frozenset[date] = frozenset(),
+    first_completed: date | None = None,
 ) -> list[date]:
-    """Sessions to process: after the watermark up to ``target`` (a session), oldest first.
+    """Sessions to process up to ``target`` (a session), oldest first.
 
-    No watermark (first run) means the target only. ``max_backfill`` keeps the newest N, so a
-    system switched off for months does not try to replay all of them in one night.
+    No watermark (first run) means the target only. Otherwise every session after
+    ``first_completed`` (default: the watermark) not in ``done`` — the holes of the history
+    and the sessions after the watermark. ``max_backfill`` keeps the OLDEST N, so a system
+    switched off for months catches up over the following runs, in date order, and never
+    skips a session for good.
     """
     if not is_session(target):
         raise ValueError(f"{target} is not an NYSE session")
     if last_completed is None:
         return [target]
-    if last_completed >= target:
+    start = min(first_completed or last_completed, last_completed)
+    if start >= target:
         return []
-    pending = sessions_between(last_completed + timedelta(days=1), target)
+    pending = [
+        d for d in sessions_between(start + timedelta(days=1), target)
+        if d not in done and d != last_completed
+    ]
     if max_backfill is not None and max_backfill > 0:
-        pending = pending[-max_backfill:]
+        pending = pending[:max_backfill]
     return pending
+
+
+def holes(done: set[date] | frozenset[date]) -> list[date]:
+    """Sessions between the first and the last completed one that were never completed."""
+    if len(done) < 2:
+        return []
+    return [d for d in sessions_between(min(done), max(done)) if d not in done]
 
 
 def lookback_start(first: date, sessions: int) -> date:

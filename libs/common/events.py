@@ -38,6 +38,9 @@ class BatchNightlyRequested(Message):
     requested_by: str = "cron"
     # Set by an operator to re-run a date on purpose (bypasses dedupe by a distinct key).
     rerun_token: str | None = None
+    # Restate `target_date`: re-fetch it, recompute its betas and restate the snapshots from
+    # it to the latest date, even though it was completed before.
+    rerun: bool = False
 
     def message_id(self) -> str:
         key = self.target_date.isoformat() if self.target_date else "latest"
@@ -52,9 +55,13 @@ class SymbolBatchCompleted(Message):
     symbols_total: int
     symbols_failed: int = 0
     run_id: str
+    # The date was completed before and has been redone (operator rerun, a partial date's
+    # failed symbols retried, a hole filled): its snapshots must be restated from it on.
+    restate: bool = False
 
     def message_id(self) -> str:
-        return f"symbol-batch:{self.batch_date.isoformat()}"
+        base = f"symbol-batch:{self.batch_date.isoformat()}"
+        return f"{base}:restate:{self.run_id}" if self.restate else base
 
 
 class SymbolOnboardRequested(Message):
@@ -103,6 +110,8 @@ class PortfolioRefreshChunkRequested(Message):
     chunk_count: int
     # When the date was planned: portfolios created later are not part of this fan-out.
     planned_at: dt.datetime | None = None
+    # A restatement (see SymbolBatchCompleted.restate): the id of the batch run that redid it.
+    restate_run: str | None = None
 
     def message_id(self) -> str:
         digest = hashlib.sha1(
@@ -111,6 +120,7 @@ class PortfolioRefreshChunkRequested(Message):
         return (
             f"refresh-chunk:{self.batch_date.isoformat()}:"
             f"{self.chunk_index}/{self.chunk_count}:{digest}"
+            + (f":restate:{self.restate_run}" if self.restate_run else "")
         )
 
 

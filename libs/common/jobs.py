@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -44,7 +45,105 @@ class JobLeaseLost(Exception):
 
 
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:random — unique per process, even when a pid is reused after a crash."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+# Advisory-lock namespace of worker leases: lock (LEASE_NAMESPACE, hashtext(worker_id)).
+LEASE_NAMESPACE = 0x5B1E
+
+# SQL: the owner of a running row is alive while its session holds its lease lock.
+OWNER_ALIVE = f"""
+    EXISTS (SELECT 1 FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.classid = {LEASE_NAMESPACE}::oid
+              AND l.objid = hashtext(batch_run_history.worker_id)::oid)
+"""
+# A running row may be taken over when its owner released it, its session (and so its
+# lease) is gone, or, whatever the lease says, it stopped heartbeating long ago.
+RECLAIMABLE = f"""
+    (worker_id IS NULL OR NOT {OWNER_ALIVE}
+     OR heartbeat_at < now() - make_interval(secs => :stale))
+"""
+
+
+class WorkerLease:
+    """This process's liveness in PostgreSQL: a session advisory lock on a dedicated connection.
+
+    The server drops the lock the moment the session ends, so when a worker is killed (kill -9,
+    OOM, a lost host whose TCP connection is reset) its running jobs become reclaimable at
+    once, instead of after the stale-heartbeat limit. One lease per (database, worker id) per
+    process, shared by every JobTracker of the process.
+    """
+
+    _leases: dict[tuple[str, str], WorkerLease] = {}
+
+    def __init__(self, database_url: str, worker_id: str) -> None:
+        self.database_url = database_url
+        self.worker_id = worker_id
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+        self._keeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def of(cls, database_url: str, worker_id: str) -> WorkerLease:
+        key = (database_url, worker_id)
+        if key not in cls._leases:
+            cls._leases[key] = cls(database_url, worker_id)
+        return cls._leases[key]
+
+    async def ensure(self) -> None:
+        """Hold the lease (reconnect and re-lock after a lost connection)."""
+        import asyncpg
+
+        from libs.common.db import asyncpg_dsn
+
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (tests, CLI): start afresh
+            self._loop, self._conn, self._keeper = loop, None, None
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return
+            conn = await asyncpg.connect(asyncpg_dsn(self.database_url), timeout=10)
+            try:
+                await conn.execute(
+                    "SELECT pg_advisory_lock($1::int, hashtext($2))",
+                    LEASE_NAMESPACE,
+                    self.worker_id,
+                )
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
+            if self._keeper is None or self._keeper.done():
+                self._keeper = asyncio.create_task(self._keep())
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    await self.ensure()
+                else:
+                    await asyncio.wait_for(self._conn.fetchval("SELECT 1"), timeout=5)
+            except Exception as exc:
+                log.warning("worker lease of %s lost: %s", self.worker_id, exc)
+                with contextlib.suppress(Exception):
+                    if self._conn is not None:
+                        self._conn.terminate()
+                self._conn = None
+
+    async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self._conn = None
+        self._leases.pop((self.database_url, self.worker_id), None)
 
 
 @dataclass(frozen=True)
@@ -65,10 +164,16 @@ class JobTracker:
         *,
         worker_id: str | None = None,
         stale_after_seconds: float = 120.0,
+        owner_wait_seconds: float = 0.0,
     ) -> None:
         self.database_url = database_url
         self.worker_id = worker_id or default_worker_id()
         self.stale_after_seconds = stale_after_seconds
+        # How long `start` waits for a live owner to finish before giving up: a redelivery
+        # that meets a live owner waits (the bus heartbeats the message meanwhile) instead of
+        # spending its deliveries on naks.
+        self.owner_wait_seconds = owner_wait_seconds
+        self.lease = WorkerLease.of(database_url, self.worker_id)
 
     async def start(
         self,
@@ -78,7 +183,31 @@ class JobTracker:
         correlation_id: str | None = None,
         phases: Sequence[str] = (),
     ) -> Job:
-        """Claim the job or raise JobAlreadyRunning; reclaims a stale running row."""
+        """Claim the job, waiting up to `owner_wait_seconds` for a live owner to finish.
+
+        Raises JobAlreadyRunning when a live owner still holds it after the wait.
+        """
+        deadline = time.monotonic() + self.owner_wait_seconds
+        while True:
+            try:
+                return await self._start_once(
+                    job_type, job_key, correlation_id=correlation_id, phases=phases
+                )
+            except JobAlreadyRunning:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+    async def _start_once(
+        self,
+        job_type: str,
+        job_key: str,
+        *,
+        correlation_id: str | None = None,
+        phases: Sequence[str] = (),
+    ) -> Job:
+        """Insert the running row, or take over one whose owner is dead (or long silent)."""
+        await self.lease.ensure()
         phase_list = json.dumps(
             [{"name": name, "status": "pending", "current": 0, "total": 0} for name in phases]
         )
@@ -110,13 +239,13 @@ class JobTracker:
             row = (
                 await session.execute(
                     text(
-                        """
+                        f"""
                         UPDATE batch_run_history
                         SET worker_id = :worker_id, heartbeat_at = now(),
                             attempts = attempts + 1, error = NULL,
                             correlation_id = COALESCE(:correlation_id, correlation_id)
                         WHERE job_type = :job_type AND job_key = :job_key AND status = 'running'
-                          AND heartbeat_at < now() - make_interval(secs => :stale)
+                          AND {RECLAIMABLE}
                         RETURNING id, attempts
                         """
                     ),
@@ -280,7 +409,11 @@ class JobTracker:
             yield job
         except BaseException as exc:
             beater.cancel()
-            if not isinstance(exc, JobLeaseLost | asyncio.CancelledError):
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+                # Shutdown past the grace: hand the row back so the redelivery resumes now.
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(self.release(job), timeout=5)
+            elif not isinstance(exc, JobLeaseLost):
                 with contextlib.suppress(Exception):
                     await self.finish(job, FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
@@ -289,50 +422,34 @@ class JobTracker:
             with contextlib.suppress(JobLeaseLost):  # already finished by the body
                 await self.finish(job, COMPLETED)
 
+    async def release(self, job: Job) -> None:
+        """Give a running row up (shutdown): it stays `running`, ownerless, reclaimable now."""
+        async with session_scope(self.database_url) as session:
+            await session.execute(
+                text(
+                    "UPDATE batch_run_history SET worker_id = NULL, heartbeat_at = now() "
+                    "WHERE id = :id AND worker_id = :worker_id AND status = 'running'"
+                ),
+                {"id": job.id, "worker_id": self.worker_id},
+            )
+        log.info("released %s %s", job.job_type, job.job_key)
+
     async def record_dead_letter(
-        self, job_type: str, job_key: str, error: str, payload: bytes, deliveries: int
+        self,
+        job_type: str,
+        job_key: str,
+        error: str,
+        payload: bytes,
+        deliveries: int,
+        *,
+        subject: str | None = None,
     ) -> None:
         """A message that exhausted its deliveries: its job is marked failed, with the error."""
-        result = json.dumps(
-            {
-                "dead_letter": True,
-                "deliveries": deliveries,
-                "payload": payload.decode("utf-8", "replace"),
-            }
+        await record_failed_job(
+            self.database_url, job_type, job_key, error,
+            subject=subject, payload=payload, deliveries=deliveries, worker_id=self.worker_id,
+            extra={"dead_letter": True},
         )
-        async with session_scope(self.database_url) as session:
-            updated = await session.execute(
-                text(
-                    """
-                    UPDATE batch_run_history
-                    SET status = 'failed', finished_at = now(), error = CAST(:error AS text),
-                        result = result || CAST(:result AS jsonb)
-                    WHERE job_type = :job_type AND job_key = :job_key AND status = 'running'
-                    """
-                ),
-                {"job_type": job_type, "job_key": job_key, "error": error, "result": result},
-            )
-            if updated.rowcount == 0:  # type: ignore[attr-defined]
-                await session.execute(
-                    text(
-                        """
-                        INSERT INTO batch_run_history
-                            (id, job_type, job_key, status, worker_id, finished_at, error,
-                             attempts, result)
-                        VALUES (:id, :job_type, :job_key, 'failed', :worker_id, now(), CAST(:error AS text),
-                                :attempts, CAST(:result AS jsonb))
-                        """
-                    ),
-                    {
-                        "id": uuid.uuid4(),
-                        "job_type": job_type,
-                        "job_key": job_key,
-                        "worker_id": self.worker_id,
-                        "error": error,
-                        "attempts": deliveries,
-                        "result": result,
-                    },
-                )
 
     async def latest(self, job_type: str, job_key: str) -> dict[str, Any] | None:
         async with session_scope(self.database_url) as session:
@@ -350,3 +467,154 @@ class JobTracker:
                 .first()
             )
         return dict(row) if row else None
+
+
+async def record_failed_job(
+    database_url: str,
+    job_type: str,
+    job_key: str,
+    error: str,
+    *,
+    subject: str | None,
+    payload: bytes | None,
+    deliveries: int | None = None,
+    worker_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Close the job (type, key) as `failed` with `error`, keeping the message that re-drives it.
+
+    The running row is closed when its owner is gone or is the caller (`worker_id`); another
+    live owner finishes its own row (the failure is then that of a duplicate delivery and is
+    only logged). With no running row a
+    failed row is inserted. `subject` (without the bus prefix) and `payload` are what
+    `retry_job` re-publishes.
+    """
+    result = json.dumps(
+        {
+            **(extra or {}),
+            **({"deliveries": deliveries} if deliveries is not None else {}),
+            **({"subject": subject} if subject else {}),
+            **({"payload": payload.decode("utf-8", "replace")} if payload is not None else {}),
+        }
+    )
+    params = {
+        "job_type": job_type,
+        "job_key": job_key,
+        "error": error,
+        "result": result,
+        "me": worker_id,
+    }
+    async with session_scope(database_url) as session:
+        running = (
+            await session.execute(
+                text(
+                    f"""
+                    SELECT id, {OWNER_ALIVE} AND worker_id IS NOT NULL
+                               AND worker_id IS DISTINCT FROM :me AS alive
+                    FROM batch_run_history
+                    WHERE job_type = :job_type AND job_key = :job_key AND status = 'running'
+                    FOR UPDATE
+                    """
+                ),
+                params,
+            )
+        ).first()
+        if running is not None and running.alive and running.id is not None:
+            log.warning("%s %s failed in a duplicate delivery while its owner runs it: %s",
+                        job_type, job_key, error)
+            return
+        if running is not None:
+            await session.execute(
+                text(
+                    """
+                    UPDATE batch_run_history
+                    SET status = 'failed', finished_at = now(), error = CAST(:error AS text),
+                        result = result || CAST(:result AS jsonb)
+                    WHERE id = :id
+                    """
+                ),
+                {**params, "id": running.id},
+            )
+            return
+        await session.execute(
+            text(
+                """
+                INSERT INTO batch_run_history
+                    (id, job_type, job_key, status, worker_id, finished_at, error, attempts,
+                     result)
+                VALUES (:id, :job_type, :job_key, 'failed', :worker_id, now(),
+                        CAST(:error AS text), :attempts, CAST(:result AS jsonb))
+                """
+            ),
+            {
+                **params,
+                "id": uuid.uuid4(),
+                "worker_id": worker_id,
+                "attempts": deliveries or 1,
+            },
+        )
+
+
+class NotRetryable(Exception):
+    """The job is not failed, or no message that would re-drive it was recorded."""
+
+
+async def retry_message(database_url: str, job_id: uuid.UUID) -> tuple[str, bytes, str]:
+    """(subject without prefix, payload, Nats-Msg-Id) that re-drive the failed job `job_id`.
+
+    The message is the one recorded with the failure (dead letter, MaxDeliver advisory, an
+    isolated portfolio), or failing that the one recorded with another failure of the same
+    (type, key). The Nats-Msg-Id is new per retried row (`retry:<id>`): JetStream drops a
+    second retry of the same row inside its window, and the job's handler runs as usual.
+    """
+    async with session_scope(database_url) as session:
+        row = (
+            await session.execute(
+                text(
+                    "SELECT id, job_type, job_key, status, result FROM batch_run_history "
+                    "WHERE id = :id"
+                ),
+                {"id": job_id},
+            )
+        ).first()
+        if row is None:
+            raise NotRetryable(f"no job {job_id}")
+        if row.status != FAILED:
+            raise NotRetryable(f"job {job_id} is {row.status}, not failed")
+        source = row.result if row.result.get("payload") else None
+        if source is None:
+            other = (
+                await session.execute(
+                    text(
+                        "SELECT result FROM batch_run_history WHERE job_type = :t AND "
+                        "job_key = :k AND result ? 'payload' ORDER BY started_at DESC LIMIT 1"
+                    ),
+                    {"t": row.job_type, "k": row.job_key},
+                )
+            ).first()
+            source = other.result if other is not None else None
+        if source is None or not source.get("subject"):
+            raise NotRetryable(
+                f"job {job_id} ({row.job_type} {row.job_key}) has no recorded message to re-drive"
+            )
+        await session.execute(
+            text(
+                "UPDATE batch_run_history SET result = result || jsonb_build_object("
+                "'retried_at', CAST(now() AS text)) WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+    return source["subject"], source["payload"].encode(), f"retry:{job_id}"
+
+
+async def redrive_job(database_url: str, js: Any, topology: Any, job_id: uuid.UUID) -> str:
+    """Re-publish the message of failed job `job_id` (CLI `jobs retry`, the admin endpoint).
+
+    Returns the Nats-Msg-Id used; raises NotRetryable when there is nothing to re-drive.
+    """
+    from libs.common import bus
+
+    subject, payload, msg_id = await retry_message(database_url, job_id)
+    await bus.publish_raw(js, topology, subject, payload, msg_id)
+    log.info("re-drove job %s on %s (%s)", job_id, subject, msg_id)
+    return msg_id

@@ -28,6 +28,7 @@ are used only inside the vectorised math.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -707,9 +708,9 @@ def _aggregate(
     )
     flows_c = flow_cents.reindex(pid.to_numpy(), fill_value=0).to_numpy()
     equity_c = start_equity_c + pnl_c + flows_c + adjustment_c
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # equity_prev <= 0: no meaningful return (never a sign flip): NaN, stored as null.
-        daily_return = np.where(start_equity_c > 0, pnl_c / start_equity_c, np.nan)
+    # equity_prev <= 0: no meaningful return (never a sign flip): NaN, stored as null; a
+    # tiny base or an absurd figure: NaN with a flag (`guarded_return`).
+    daily_return, return_flag = guarded_return(pnl_c, start_equity_c)
 
     long_c = grouped["long"].to_numpy(dtype="int64")
     short_c = grouped["short"].to_numpy(dtype="int64")
@@ -745,6 +746,7 @@ def _aggregate(
             "exposure_base_cents": np.where(on_equity, equity_c, gross_c),
             "cumulative_pnl_cents": prev_cum_c + pnl_c,
             "daily_return": daily_return,
+            "return_flag": return_flag,
             "num_positions": grouped["n_positions"].to_numpy(),
             "num_long": grouped["n_long"].to_numpy(),
             "num_short": grouped["n_short"].to_numpy(),
@@ -757,6 +759,33 @@ def _aggregate(
             },
         }
     )
+
+
+#: A day's return is only meaningful on a base of at least this many cents ($1)...
+MIN_RETURN_BASE_CENTS = 100
+#: ... and is recorded only when its magnitude is below this (10,000 %); the column
+#: (numeric(20,12)) holds less than 1e8, so no figure can ever overflow it.
+MAX_ABS_DAILY_RETURN = 100.0
+
+
+def guarded_return(pnl_c: np.ndarray, base_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The daily return P&L / start equity, NaN (recorded as NULL) with a flag when absurd.
+
+    A portfolio holding $230M on $0.01 of declared equity is valid input but its "return"
+    (~1e10) is meaningless and would overflow the column: such a day gets no return and the
+    flag `tiny_equity` or `absurd_return` instead, so one portfolio can never fail a chunk.
+    """
+    pnl_f = np.asarray(pnl_c, dtype="float64")
+    base_f = np.asarray(base_c, dtype="float64")
+    positive = base_f > 0
+    tiny = positive & (base_f < MIN_RETURN_BASE_CENTS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw = np.where(positive, pnl_f / np.where(positive, base_f, 1.0), np.nan)
+    absurd = positive & ~tiny & ~(np.abs(raw) < MAX_ABS_DAILY_RETURN)
+    tiny_and_moved = tiny & (pnl_f != 0)
+    flag = np.where(tiny_and_moved, "tiny_equity", np.where(absurd, "absurd_return", ""))
+    value = np.where(flag == "", raw, np.nan)
+    return value, flag.astype(object)
 
 
 # --------------------------------------------------------------------------- boundaries
@@ -792,6 +821,11 @@ def _iso_day(value: Any) -> str | None:
     return None if day is None else day.isoformat()
 
 
+def _return_flag(row: Any) -> dict[str, str]:
+    flag = getattr(row, "return_flag", "") or ""
+    return {"return_flag": flag} if flag else {}
+
+
 def snapshot_records(snapshots: pd.DataFrame) -> list[dict[str, Any]]:
     """`portfolio_snapshots` rows (column names of the model), money as Decimal cents.
 
@@ -825,7 +859,7 @@ def snapshot_records(snapshots: pd.DataFrame) -> list[dict[str, Any]]:
                 "daily_realized_pnl": cents_to_decimal(row.realized_pnl_cents),
                 "valuation_adjustment": cents_to_decimal(row.valuation_adjustment_cents),
                 "daily_return": None
-                if np.isnan(row.daily_return)
+                if not math.isfinite(float(row.daily_return))
                 else Decimal(repr(float(row.daily_return))).quantize(_RETURN_PLACES),
                 "cumulative_pnl": cents_to_decimal(row.cumulative_pnl_cents),
                 "capital_flow": cents_to_decimal(row.capital_flow_cents),
@@ -841,6 +875,7 @@ def snapshot_records(snapshots: pd.DataFrame) -> list[dict[str, Any]]:
                     "equity_start": str(cents_to_decimal(row.equity_start_cents)),
                     "long_positions": int(row.num_long),
                     "short_positions": int(row.num_short),
+                    **_return_flag(row),
                 },
             }
         )

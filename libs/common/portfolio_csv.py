@@ -60,6 +60,12 @@ MAX_POSITION_ROWS = 10_000
 MAX_SYMBOL_LENGTH = 32
 MAX_QUANTITY_DECIMALS = 6
 MAX_PRICE_DECIMALS = 4
+# Magnitudes a real position stays far inside; they keep every derived figure (market values,
+# P&L, exposures: numeric(24,6), at most 10,000 rows) from overflowing, whatever the prices do
+# later: |Quantity| <= 1e9 shares/contracts, a price <= $10M, |entry value| <= $1e12 a row.
+MAX_ABS_QUANTITY = Decimal("1e9")
+MAX_PRICE = Decimal("1e7")
+MAX_ROW_VALUE = Decimal("1e12")
 EARLIEST_DATE = date(1900, 1, 1)
 SYMBOL_CHARS = re.compile(r"^[A-Z0-9][A-Z0-9._\-]*$")
 DECIMAL_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
@@ -319,8 +325,17 @@ class _RowValidator:
         if quantity is not None and quantity == 0:
             self.fail("Quantity", "Quantity is 0; use a positive number for a long position "
                       "or a negative number for a short one.")
+        if quantity is not None and abs(quantity) > MAX_ABS_QUANTITY:
+            self.fail("Quantity", f"Quantity {quantity} is larger than {MAX_ABS_QUANTITY:,.0f} "
+                      "in magnitude; no real position is that big.")
         entry_price = self._decimal("Entry Price Per Share", MAX_PRICE_DECIMALS, required=True)
         self._check_price("Entry Price Per Share", entry_price, zero_ok=is_option)
+        if (quantity is not None and entry_price is not None and abs(quantity) <= MAX_ABS_QUANTITY
+                and entry_price <= MAX_PRICE
+                and abs(quantity * entry_price * (OPTION_MULTIPLIER if is_option else 1))
+                > MAX_ROW_VALUE):
+            self.fail("Quantity", f"The position's entry value (Quantity x Entry Price"
+                      f"{' x 100' if is_option else ''}) is more than {MAX_ROW_VALUE:,.0f}.")
         entry_date = self._date("Entry Date", required=True)
         if entry_date is not None and entry_date > self.today:
             self.fail("Entry Date", f"Entry Date {entry_date} is in the future.")
@@ -466,6 +481,8 @@ class _RowValidator:
         if price < 0:
             self.fail(column, f"{column} is negative ({price}); prices are always positive "
                       "(a short position is a negative Quantity).")
+        elif price > MAX_PRICE:
+            self.fail(column, f"{column} {price} is more than {MAX_PRICE:,.0f} per share.")
         elif price == 0 and not zero_ok:
             self.fail(column, f"{column} is 0; it must be greater than 0 "
                       "(only option rows may record a premium of 0).")

@@ -52,7 +52,9 @@ class ServiceContext:
     async def dead_letter(
         self, spec: bus.ConsumerSpec[Any], key: str, payload: bytes, error: str, deliveries: int
     ) -> None:
-        await self.jobs.record_dead_letter(spec.job_type, key, error, payload, deliveries)
+        await self.jobs.record_dead_letter(
+            spec.job_type, key, error, payload, deliveries, subject=spec.message_type.subject
+        )
 
     def consumer(
         self, durable: str, message_type: type[Message], job_type: str, **kwargs: Any
@@ -98,7 +100,11 @@ async def connect_context(name: str, settings: Settings | None = None) -> Servic
             await ensure_migrated(engine)
 
     bus_connection = await bootstrap.connect_bus(settings, name, nats_url=nats_url)
-    jobs = JobTracker(database_url, stale_after_seconds=settings.job_stale_after_seconds)
+    jobs = JobTracker(
+        database_url,
+        stale_after_seconds=settings.job_stale_after_seconds,
+        owner_wait_seconds=settings.ack_wait_seconds,
+    )
     return ServiceContext(name, settings, database_url, bus_connection.topology,
                           bus_connection.nc, bus_connection.js, jobs)
 
@@ -161,6 +167,21 @@ async def run_service(definition: ServiceDefinition, settings: Settings | None =
                         batch=sub.batch,
                     )
                 )
+            )
+    for sub in subscriptions:
+        tasks.append(
+            asyncio.create_task(
+                bus.consume_max_deliveries(ctx.js, ctx.topology, sub.spec, ctx.dead_letter, stop)
+            )
+        )
+    takeover = settings.job_stale_after_seconds + settings.ack_wait_seconds
+    for sub in subscriptions:
+        budget = sub.spec.retry_budget_seconds(ctx.jobs.owner_wait_seconds)
+        if budget <= takeover:
+            log.warning(
+                "%s: retry budget %.0fs is shorter than the takeover of a silent owner's job "
+                "(%.0fs): a redelivery may be dead-lettered before it can resume the work",
+                sub.spec.durable, budget, takeover,
             )
     for background in definition.background:
         tasks.append(asyncio.create_task(background(ctx, stop)))

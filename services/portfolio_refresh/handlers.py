@@ -52,6 +52,8 @@ import uuid
 from collections.abc import Sequence
 
 from libs.common import pnl
+from libs.common.bootstrap import refresh_chunk_job_key as chunk_key
+from libs.common.bootstrap import refresh_plan_job_key as plan_key
 from libs.common.bus import Delivery, PermanentError, TransientError
 from libs.common.db import raw_connection, session_scope
 from libs.common.events import (
@@ -60,10 +62,17 @@ from libs.common.events import (
     PortfolioRefreshRequested,
     SymbolBatchCompleted,
 )
-from libs.common.jobs import COMPLETED, JobAlreadyRunning
+from libs.common.jobs import COMPLETED, FAILED, PARTIAL, JobAlreadyRunning
 from libs.common.service import ServiceContext
 from libs.common.snapshots import repository as repo
-from libs.common.snapshots.refresh import JOB_CHUNK, JOB_PLAN, JOB_REQUEST, refresh_portfolios
+from libs.common.snapshots.refresh import (
+    JOB_CHUNK,
+    JOB_PLAN,
+    JOB_REQUEST,
+    DateOutcome,
+    refresh_portfolios,
+    restate_portfolios,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,15 @@ def plan_chunks(portfolio_ids: Sequence[uuid.UUID], chunk_size: int) -> list[lis
     n = max(1, math.ceil(len(ordered) / max(1, chunk_size)))
     size = math.ceil(len(ordered) / n) if ordered else 0
     return [ordered[i * size : (i + 1) * size] for i in range(n) if ordered[i * size : (i + 1) * size]]
+
+
+def failures_of(outcomes: Sequence[DateOutcome]) -> dict[str, str]:
+    """Isolated portfolio failures of a refresh, `{portfolio_id: "date: reason"}`."""
+    return {
+        str(pid): f"{o.day.isoformat()}: {reason}"
+        for o in outcomes
+        for pid, reason in o.failed.items()
+    }
 
 
 # --------------------------------------------------------------------------- handlers
@@ -89,13 +107,17 @@ class RefreshHandlers:
     async def on_symbol_batch_completed(self, event: SymbolBatchCompleted, _: Delivery) -> None:
         day = event.batch_date
         planned_at = dt.datetime.now(dt.UTC)
+        restate_run = event.run_id if event.restate else None
         try:
             async with self.ctx.jobs.run(
-                JOB_PLAN, day.isoformat(), correlation_id=event.correlation_id
+                JOB_PLAN, plan_key(event), correlation_id=event.correlation_id
             ) as job:
                 async with session_scope(self.ctx.database_url) as session:
                     conn = await raw_connection(session)
                     eligible = await repo.eligible_portfolios(conn, day, planned_at)
+                    if restate_run:
+                        restated = await repo.restatable_portfolios(conn, day, planned_at)
+                        eligible = sorted(set(eligible) | set(restated))
                 chunks = plan_chunks(eligible, self.chunk_size)
                 # Progress in portfolios: how many have been handed to a chunk so far.
                 await self.ctx.jobs.phase(job, "plan", total=len(eligible), unit="portfolios")
@@ -108,6 +130,7 @@ class RefreshHandlers:
                             chunk_index=index,
                             chunk_count=len(chunks),
                             planned_at=planned_at,
+                            restate_run=restate_run,
                             correlation_id=event.correlation_id,
                         )
                     )
@@ -130,7 +153,7 @@ class RefreshHandlers:
 
     async def on_chunk(self, command: PortfolioRefreshChunkRequested, _: Delivery) -> None:
         day = command.batch_date
-        key = command.message_id().removeprefix("refresh-chunk:")
+        key = chunk_key(command)
         try:
             async with self.ctx.jobs.run(
                 JOB_CHUNK, key, correlation_id=command.correlation_id
@@ -142,12 +165,19 @@ class RefreshHandlers:
                     max_backfill=self.ctx.settings.max_backfill_days,
                     restate_degraded_before=command.planned_at or dt.datetime.now(dt.UTC),
                 )
+                if command.restate_run:
+                    # After the catch-up of those that lacked the date: restate the others.
+                    outcomes += await restate_portfolios(
+                        self.ctx.database_url, day, command.portfolio_ids, self.params
+                    )
+                failed = failures_of(outcomes)
                 await self.ctx.jobs.finish(
                     job,
-                    COMPLETED,
+                    PARTIAL if failed else COMPLETED,
                     result={
                         "portfolios": len(command.portfolio_ids),
                         "snapshots": {o.day.isoformat(): o.snapshots for o in outcomes},
+                        **({"failed_portfolios": failed} if failed else {}),
                     },
                 )
         except JobAlreadyRunning as exc:
@@ -161,7 +191,9 @@ class RefreshHandlers:
         planned_at = command.planned_at or dt.datetime.now(dt.UTC)
         await self._publish_if_done(day, planned_at, command.correlation_id)
 
-    async def on_refresh_requested(self, command: PortfolioRefreshRequested, _: Delivery) -> None:
+    async def on_refresh_requested(
+        self, command: PortfolioRefreshRequested, delivery: Delivery
+    ) -> None:
         async with session_scope(self.ctx.database_url) as session:
             conn = await raw_connection(session)
             exists = await conn.fetchval(
@@ -173,6 +205,8 @@ class RefreshHandlers:
         if day is None:
             raise TransientError(f"no price date yet for portfolio {command.portfolio_id}")
         key = f"{command.portfolio_id}:{day.isoformat()}"
+        if delivery is not None:  # a direct call (tests) has no delivery
+            delivery.job_key = key
         try:
             async with self.ctx.jobs.run(
                 JOB_REQUEST, key, correlation_id=command.correlation_id
@@ -182,12 +216,23 @@ class RefreshHandlers:
                     self.ctx.database_url, day, [command.portfolio_id], self.params,
                     explicit=True, max_backfill=self.ctx.settings.max_backfill_days,
                 )
+                failed = failures_of(outcomes)
+                retry = PortfolioRefreshRequested(
+                    portfolio_id=command.portfolio_id, as_of=day, reason="retry"
+                )
                 await self.ctx.jobs.finish(
                     job,
-                    COMPLETED,
+                    FAILED if failed else COMPLETED,
+                    error="; ".join(failed.values()) if failed else None,
                     result={
                         "reason": command.reason,
                         "snapshots": {o.day.isoformat(): o.snapshots for o in outcomes},
+                        # what `sigmabatch jobs retry` re-publishes
+                        **(
+                            {"subject": retry.subject, "payload": retry.model_dump_json()}
+                            if failed
+                            else {}
+                        ),
                     },
                 )
         except JobAlreadyRunning as exc:
@@ -205,10 +250,11 @@ class RefreshHandlers:
             conn = await raw_connection(session)
             remaining = await repo.count_eligible(conn, day, planned_at)
             total = await repo.count_complete(conn, day)
+            failed = await repo.count_failed(conn, day, planned_at)
         if remaining == 0:
             await self.ctx.publish(
                 PortfolioRefreshCompleted(
-                    batch_date=day, portfolios_total=total, failed=0,
+                    batch_date=day, portfolios_total=total, failed=failed,
                     correlation_id=correlation_id,
                 )
             )

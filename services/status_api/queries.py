@@ -39,7 +39,7 @@ ONBOARDING_SQL = """
            CASE WHEN po.status = 'running' AND po.snapshot_requested_at IS NOT NULL THEN
                (SELECT j.error FROM batch_run_history j
                  WHERE j.job_type = $3 AND j.status = 'failed'
-                   AND j.job_key = 'refresh:' || p.id || ':' || po.snapshot_date
+                   AND j.job_key = p.id || ':' || po.snapshot_date
                  ORDER BY j.started_at DESC LIMIT 1) END AS snapshot_error,
            EXISTS (SELECT 1 FROM portfolio_snapshots ps
                     WHERE ps.portfolio_id = p.id AND ps.snapshot_date = po.snapshot_date

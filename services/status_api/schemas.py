@@ -182,6 +182,15 @@ class JobOut(BaseModel):
 class NightlyRequest(BaseModel):
     target_date: dt.date | None = Field(
         None, description="Trading date to process; default: the latest settled session.")
+    rerun: bool = Field(
+        False, description="Restate the date even if it was done: re-fetch it, recompute its "
+                           "betas and restate the snapshots from it to the latest date.")
+
+
+class JobRetried(BaseModel):
+    job_id: uuid.UUID
+    message_id: str = Field(description="Nats-Msg-Id of the re-published message "
+                                        "(a second retry of the same job is dropped).")
 
 
 class NightlyAccepted(BaseModel):

@@ -93,6 +93,40 @@ def resolve_target(
     return min(calendar.session_on_or_before(requested), effective)
 
 
+#: A partial date (some symbols failed) is retried by the runs of this many sessions after it.
+REDO_PARTIAL_SESSIONS = 5
+
+
+def rerun_key(target: dt.date, message: BatchNightlyRequested) -> str:
+    """An operator's rerun is its own job (the date's first run stays in the history)."""
+    return f"{target.isoformat()}:rerun:{message.rerun_token or message.correlation_id}"
+
+
+def plan_dates(
+    batched: dict[dt.date, str], target: dt.date, max_backfill: int, *, rerun: bool = False
+) -> tuple[list[dt.date], dict[dt.date, str]]:
+    """(dates to process oldest first, how each one already done is redone).
+
+    * rerun: the target only, replacing its record whatever it was;
+    * otherwise every session not yet done from the first done one up to the target (holes
+      first), the oldest `max_backfill` of them (the rest go to the following runs), plus
+      the partial dates of the last REDO_PARTIAL_SESSIONS sessions, whose failed symbols are
+      retried (their record replaced only if the outcome changed).
+    """
+    if rerun:
+        return [target], {target: "always"}
+    done = set(batched)
+    pending = calendar.missing_sessions(
+        max(done) if done else None, target, max_backfill,
+        done=done, first_completed=min(done) if done else None,
+    )
+    recent = set(calendar.sessions_between(
+        calendar.lookback_start(target, REDO_PARTIAL_SESSIONS), target))
+    partial = {d for d, status in batched.items() if status == PARTIAL and d in recent}
+    dates = sorted(set(pending) | partial)
+    return dates, {d: "if_changed" for d in partial}
+
+
 def chunks(items: Sequence[str], size: int) -> list[list[str]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
@@ -154,19 +188,25 @@ class SymbolBatch:
 
     async def handle(self, message: BatchNightlyRequested, delivery: Delivery) -> None:
         target = resolve_target(message.target_date, self.clock(), self.settle_delay)
-        key = target.isoformat()
+        key = rerun_key(target, message) if message.rerun else target.isoformat()
+        if delivery is not None:  # a direct call (tests) has no delivery
+            delivery.job_key = key
         extra = {"correlation_id": message.correlation_id, "job_type": JOB_TYPE}
         async with self._run_lock():
             async with session_scope(self.ctx.database_url) as session:
                 await store.ensure_factor_etfs(session, FACTOR_ETFS)
-                watermark = await store.watermark(session)
+                batched = await store.batched_dates(session)
                 last_status = await store.latest_job_status(session, key)
-            dates = calendar.missing_sessions(watermark, target, self.max_backfill)
+            dates, redo = plan_dates(batched, target, self.max_backfill, rerun=message.rerun)
+            if last_status in (COMPLETED, PARTIAL):
+                # A repeat of a trigger that already ran: partial dates wait for the next one.
+                dates = [d for d in dates if d not in redo]
+                redo = {}
             if not dates and last_status in (COMPLETED, PARTIAL, None):
                 log.info(
                     "symbol batch %s: nothing to do (last completed %s)",
                     key,
-                    watermark,
+                    max(batched) if batched else None,
                     extra=extra,
                 )
                 return
@@ -186,8 +226,8 @@ class SymbolBatch:
                         [d.isoformat() for d in dates],
                         extra=extra,
                     )
-                    outcome = await self.run(job, dates, target)
-                    await self.announce(key, message.correlation_id)
+                    outcome = await self.run(job, dates, target, redo)
+                    await self.announce(key, message.correlation_id, restate=set(redo))
                     await self.jobs.finish(
                         job,
                         outcome.status,
@@ -213,7 +253,13 @@ class SymbolBatch:
             except JobAlreadyRunning as exc:
                 raise TransientError(str(exc)) from exc
 
-    async def run(self, job: Job, dates: list[dt.date], target: dt.date) -> RunOutcome:
+    async def run(
+        self,
+        job: Job,
+        dates: list[dt.date],
+        target: dt.date,
+        redo: dict[dt.date, str] | None = None,
+    ) -> RunOutcome:
         """Phases 0-3 for ``dates`` (possibly none: a resumed run that only has to announce)."""
         async with session_scope(self.ctx.database_url) as session:
             universe = build_universe(await store.active_universe(session))
@@ -231,7 +277,7 @@ class SymbolBatch:
         await self._fundamentals(job, universe.symbols, target, outcome)
         outcome.timings["fundamentals"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
-        await self._factors(job, universe.symbols, window_start, dates, outcome)
+        await self._factors(job, universe.symbols, window_start, dates, outcome, redo or {})
         outcome.timings["factors"] = round(time.perf_counter() - started, 3)
         return outcome
 
@@ -310,6 +356,7 @@ class SymbolBatch:
         start: dt.date,
         dates: list[dt.date],
         outcome: RunOutcome,
+        redo: dict[dt.date, str],
     ) -> None:
         await self.jobs.phase(job, "factors", total=len(dates), unit="dates")
         sessions = pd.DatetimeIndex(calendar.sessions_between(start, dates[-1]))
@@ -328,14 +375,26 @@ class SymbolBatch:
                     run_id=job.id,
                     symbols_total=outcome.symbols_total,
                     failures=outcome.failures,
+                    redo=redo.get(day, "no"),
                 )
             await self.jobs.progress(job, done)
 
-    async def announce(self, key: str, correlation_id: str) -> None:
-        """`symbol.batch.completed` for every date this trigger's runs completed, oldest first."""
+    async def announce(
+        self, key: str, correlation_id: str, *, restate: set[dt.date] | None = None
+    ) -> None:
+        """`symbol.batch.completed` for every date this trigger's runs completed, oldest first.
+
+        A date redone (`restate`: a rerun, a partial date retried) or on or before the latest
+        portfolio snapshot (a hole filled, a resumed redo) is announced as a restatement:
+        portfolio_refresh restates the snapshots from it on.
+        """
         async with session_scope(self.ctx.database_url) as session:
             completed = await store.dates_of_key(session, key)
+            latest_snapshot = await store.latest_snapshot_date(session)
         for row in completed:
+            redone = row.batch_date in (restate or set()) or (
+                latest_snapshot is not None and row.batch_date <= latest_snapshot
+            )
             await self.ctx.publish(
                 SymbolBatchCompleted(
                     batch_date=row.batch_date,
@@ -343,6 +402,7 @@ class SymbolBatch:
                     symbols_total=row.symbols_total,
                     symbols_failed=row.symbols_failed,
                     run_id=str(row.run_id),
+                    restate=redone,
                     correlation_id=correlation_id,
                 )
             )

@@ -28,6 +28,21 @@ async def watermark(session: AsyncSession) -> dt.date | None:
     return await connection.fetchval("SELECT max(batch_date) FROM symbol_batch_dates")
 
 
+async def batched_dates(session: AsyncSession) -> dict[dt.date, str]:
+    """Every completed batch date with its status (completed / partial)."""
+    connection = await raw_connection(session)
+    rows = await connection.fetch("SELECT batch_date, status FROM symbol_batch_dates")
+    return {r["batch_date"]: r["status"] for r in rows}
+
+
+async def latest_snapshot_date(session: AsyncSession) -> dt.date | None:
+    """The latest complete portfolio snapshot: a date redone on or before it is restated."""
+    connection = await raw_connection(session)
+    return await connection.fetchval(
+        "SELECT max(snapshot_date) FROM portfolio_snapshots WHERE is_complete"
+    )
+
+
 async def ensure_factor_etfs(session: AsyncSession, etfs: Sequence[str]) -> None:
     """The factor ETFs belong to the universe whatever was seeded (docs/design.md §5)."""
     connection = await raw_connection(session)
@@ -176,15 +191,30 @@ async def record_date_complete(
     run_id: uuid.UUID,
     symbols_total: int,
     failures: dict[str, str],
-) -> None:
-    """The watermark: the date is complete (written in the factors' own transaction)."""
+    redo: str = "no",
+) -> bool:
+    """The watermark: the date is complete (written in the factors' own transaction).
+
+    A first completion inserts. A date done before is replaced when `redo` is "always" (an
+    operator's rerun) or "if_changed" (a partial date retried: only when its status or its
+    failures changed), so the run that redid it announces it. Returns whether the row is
+    now this run's.
+    """
     connection = await raw_connection(session)
-    await connection.execute(
+    row = await connection.fetchval(
         """
-        INSERT INTO symbol_batch_dates (batch_date, status, run_id, symbols_total, symbols_failed,
-                                        failures)
+        INSERT INTO symbol_batch_dates AS d (batch_date, status, run_id, symbols_total,
+                                             symbols_failed, failures)
         VALUES ($1, $2, $3, $4, $5, $6::jsonb)
-        ON CONFLICT (batch_date) DO NOTHING
+        ON CONFLICT (batch_date) DO UPDATE SET
+            status = EXCLUDED.status, run_id = EXCLUDED.run_id,
+            symbols_total = EXCLUDED.symbols_total, symbols_failed = EXCLUDED.symbols_failed,
+            failures = EXCLUDED.failures
+        WHERE d.run_id IS DISTINCT FROM EXCLUDED.run_id AND (
+            $7 = 'always'
+            OR ($7 = 'if_changed'
+                AND (d.status <> EXCLUDED.status OR d.failures <> EXCLUDED.failures)))
+        RETURNING batch_date
         """,
         day,
         status,
@@ -192,7 +222,9 @@ async def record_date_complete(
         symbols_total,
         len(failures),
         json.dumps(failures),
+        redo,
     )
+    return row is not None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pytest
 
 from libs.common import bus
 from tests.conftest import REPO_ROOT, Servers, _admin_execute, _delete_streams, _with_database
-from tests.e2e.harness import System
+from tests.e2e.harness import System, shipped
 from tests.e2e.scenario import run_scenario
 
 
@@ -23,19 +23,14 @@ def _env(database_url: str, nats_url: str, prefix: str) -> dict[str, str]:
         NATS_URL=nats_url,
         SIGMABATCH_BUS_PREFIX=prefix,
         MARKET_DATA_PROVIDER="sample",
-        SIGMABATCH_ACK_WAIT_SECONDS="5",
-        SIGMABATCH_JOB_STALE_SECONDS="5",
-        SIGMABATCH_JOB_HEARTBEAT_SECONDS="1",
-        SIGMABATCH_MAX_DELIVER="20",
         PYTHONPATH=str(REPO_ROOT),
     )
-    return env
+    return shipped(env)
 
 
 @pytest.fixture
 def system(service_env: dict[str, str]) -> Iterator[System]:
-    env = dict(service_env, SIGMABATCH_MAX_DELIVER="20")
-    deployment = System(env)
+    deployment = System(shipped(service_env))
     try:
         yield deployment
     finally:
@@ -57,3 +52,11 @@ def reference_digest(servers: Servers, template_database: str) -> dict[str, Any]
         deployment.stop_all()
         asyncio.run(_delete_streams(servers.nats_url, bus.Topology(prefix)))
         asyncio.run(_admin_execute(servers, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """An e2e test waits out the shipped AckWait (30 s) after each kill and may include the
+    session's reference run: it gets 15 minutes, not the unit tests' 5."""
+    for item in items:
+        if "tests/e2e/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.timeout(900))

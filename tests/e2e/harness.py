@@ -27,8 +27,20 @@ from libs.common.db import dispose_engines, session_scope
 from libs.common.events import BatchNightlyRequested
 from tests.processes import ServiceProcess
 
+START_TIMEOUT = 120.0  # a cold start on a loaded 2-core CI machine
 SERVICES = ("symbol_batch", "portfolio_refresh", "onboarding", "status_api")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+# The fault suite runs with the SHIPPED reliability settings (AckWait 30 s, stale 120 s,
+# MaxDeliver 5, heartbeat 10 s): a suite that needed tuned values would hide lost work.
+TUNED = ("SIGMABATCH_ACK_WAIT_SECONDS", "SIGMABATCH_JOB_STALE_SECONDS",
+         "SIGMABATCH_JOB_HEARTBEAT_SECONDS", "SIGMABATCH_MAX_DELIVER")
+
+
+def shipped(env: dict[str, str]) -> dict[str, str]:
+    """`env` without any override of the shipped reliability settings."""
+    return {k: v for k, v in env.items() if k not in TUNED}
 
 
 def free_port() -> int:
@@ -53,7 +65,7 @@ class System:
     """Processes, API client and database probes of one test's deployment."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = dict(env)
+        self.env = shipped(env)
         self.api_port = free_port()
         self.env["API_PORT"] = str(self.api_port)
         self.database_url = env["DATABASE_URL"]
@@ -66,7 +78,7 @@ class System:
         process = ServiceProcess(
             name, self.env, replica=len(replicas) if replica is None else replica
         )
-        process.start()
+        process.start(timeout=START_TIMEOUT)
         replicas.append(process)
         return process
 
@@ -84,7 +96,7 @@ class System:
         old = self.processes[name][index]
         old.kill()
         fresh = ServiceProcess(name, self.env, replica=old.replica)
-        fresh.start()
+        fresh.start(timeout=START_TIMEOUT)
         self.processes[name][index] = fresh
         return fresh
 
@@ -272,18 +284,65 @@ class System:
             ),
         }
 
-    def duplicates(self) -> dict[str, int]:
-        """Rows that would be duplicates if the unique keys were missing (must all be 0)."""
-        checks = {
-            "snapshots": "SELECT count(*) - count(DISTINCT (portfolio_id, snapshot_date)) AS n FROM portfolio_snapshots",
-            "running_jobs": "SELECT count(*) - count(DISTINCT (job_type, job_key)) AS n FROM batch_run_history WHERE status = 'running'",
-            "completed_batch_runs": (
-                "SELECT count(*) - count(DISTINCT job_key) AS n FROM batch_run_history "
-                "WHERE job_type = 'symbol_batch' AND status IN ('completed', 'partial')"
-            ),
-        }
-        return {name: self.query(sql)[0]["n"] for name, sql in checks.items()}
+    def integrity(self, settle: float = 45.0) -> dict[str, int]:
+        """Checks a lost or doubled piece of work would fail (all must be 0).
 
+        None of them is guaranteed by a unique index: a (portfolio, batch date) without its
+        complete snapshot from the portfolio's first one on; a snapshot whose equity does not
+        roll from the one before it; a batch date completed by two runs of one trigger; a job
+        left running, or failed with no later success; a message left in the work queue
+        (unsettled, or stranded at MaxDeliver). Waits up to `settle` s for the last acks.
+        """
+        checks = {
+            "missing_snapshots": """
+                SELECT count(*) AS n FROM portfolios p
+                JOIN LATERAL (SELECT min(snapshot_date) AS first FROM portfolio_snapshots s
+                              WHERE s.portfolio_id = p.id AND s.is_complete) f ON true
+                JOIN symbol_batch_dates d ON d.batch_date >= f.first AND d.symbols_total > 0
+                WHERE NOT EXISTS (SELECT 1 FROM portfolio_snapshots s
+                                  WHERE s.portfolio_id = p.id AND s.snapshot_date = d.batch_date
+                                    AND s.is_complete)""",
+            "broken_equity_chain": """
+                SELECT count(*) AS n FROM (
+                    SELECT equity, daily_pnl, capital_flow,
+                           lag(equity) OVER (PARTITION BY portfolio_id
+                                             ORDER BY snapshot_date) AS before
+                    FROM portfolio_snapshots WHERE is_complete) t
+                WHERE before IS NOT NULL
+                  AND equity <> before + daily_pnl + coalesce(capital_flow, 0)""",
+            "completed_batch_runs": """
+                SELECT count(*) - count(DISTINCT job_key) AS n FROM batch_run_history
+                WHERE job_type = 'symbol_batch' AND status IN ('completed', 'partial')""",
+            "jobs_left_running": "SELECT count(*) AS n FROM batch_run_history "
+                                 "WHERE status = 'running'",
+            "unresolved_failures": """
+                SELECT count(*) AS n FROM batch_run_history f
+                WHERE f.status = 'failed' AND NOT EXISTS (
+                    SELECT 1 FROM batch_run_history o
+                    WHERE o.job_type = f.job_type AND o.job_key = f.job_key
+                      AND o.status IN ('completed', 'partial') AND o.started_at > f.started_at)""",
+        }
+        deadline = time.monotonic() + settle
+        while True:
+            found = {name: self.query(sql)[0]["n"] for name, sql in checks.items()}
+            found["stuck_messages"] = self.work_queue_messages()
+            if not any(found.values()) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+    def work_queue_messages(self) -> int:
+        async def count() -> int:
+            import nats
+
+            nc = await nats.connect(self.env["NATS_URL"])
+            try:
+                topology = bus.Topology(self.env.get("SIGMABATCH_BUS_PREFIX", ""))
+                info = await nc.jetstream().stream_info(topology.jobs_stream)
+                return info.state.messages
+            finally:
+                await nc.close()
+
+        return run(count())
 
 def decimal_equal(a: Any, b: Any) -> bool:
     if isinstance(a, Decimal) and isinstance(b, Decimal):

@@ -182,3 +182,49 @@ def test_generated_malformed_csvs_are_all_rejected_and_nothing_is_written(api: S
         "(SELECT count(*) FROM portfolio_onboarding) AS onboarding"
     )[0]
     assert counts == {"portfolios": 0, "positions": 0, "onboarding": 0}
+
+
+HOSTILE_HEADER = ",".join(HEADER)
+HOSTILE: dict[str, tuple[bytes, dict[str, str]]] = {
+    # spreadsheet formula injection in a symbol
+    "formula": (f'{HOSTILE_HEADER}\n"=HYPERLINK(""http://x"")",10,1,2024-01-02,PUBLIC,'
+                "STOCK,,,,,,\n".encode(), {}),
+    "nul_bytes": (f"{HOSTILE_HEADER}\nAA\x00PL,10,1,2024-01-02,PUBLIC,STOCK,,,,,,\n".encode(), {}),
+    "sql_in_symbol": (f"{HOSTILE_HEADER}\nAAPL';DROP TABLE positions;--,10,1,2024-01-02,PUBLIC,"
+                      "STOCK,,,,,,\n".encode(), {}),
+    "newline_in_quoted_symbol": (f'{HOSTILE_HEADER}\n"AA\nPL",10,1,2024-01-02,PUBLIC,STOCK,,,,,,\n'
+                                 .encode(), {}),
+    "overflowing_quantity": (f"{HOSTILE_HEADER}\nAAPL,99999999999,1,2024-01-02,PUBLIC,STOCK,,,,,,\n"
+                             .encode(), {}),
+    "absurd_notional": (f"{HOSTILE_HEADER}\nAAPL,900000000,9000000,2024-01-02,PUBLIC,STOCK,,,,,,\n"
+                        .encode(), {}),
+    "exponent_and_nan": (f"{HOSTILE_HEADER}\nAAPL,1e308,NaN,2024-01-02,PUBLIC,STOCK,,,,,,\n"
+                         .encode(), {}),
+    "utf16": (f"{HOSTILE_HEADER}\nAAPL,10,1,2024-01-02,PUBLIC,STOCK,,,,,,\n".encode("utf-16"), {}),
+    "very_long_line": (f"{HOSTILE_HEADER}\n{'A' * 100_000},10,1,2024-01-02,PUBLIC,STOCK,,,,,,\n"
+                       .encode(), {}),
+    "equity_overflow": (f"{HOSTILE_HEADER}\nAAPL,10,1,2024-01-02,PUBLIC,STOCK,,,,,,\n".encode(),
+                        {"equity_balance": "1e400"}),
+    "equity_nan": (f"{HOSTILE_HEADER}\nAAPL,10,1,2024-01-02,PUBLIC,STOCK,,,,,,\n".encode(),
+                   {"equity_balance": "NaN"}),
+    "control_chars_in_name": (f"{HOSTILE_HEADER}\nAAPL,10,1,2024-01-02,PUBLIC,STOCK,,,,,,\n"
+                              .encode(), {"name": "a\x1b[31mred"}),
+}
+
+
+def test_hostile_csv_content_is_rejected_with_a_reason_and_writes_nothing(api: System) -> None:
+    """Issue 12: injection attempts, binary and encoding tricks, magnitudes that would overflow
+    a column downstream: each is a 4xx naming the problem, and nothing is stored."""
+    with api.client() as client:
+        for name, (data, form) in HOSTILE.items():
+            response = client.post(
+                "/api/v1/portfolios", files={"file": ("../../etc/passwd", data, "text/csv")},
+                data={"name": "hostile", **form})
+            assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
+            assert response.json(), name
+    counts = api.query(
+        "SELECT (SELECT count(*) FROM portfolios) AS portfolios, "
+        "(SELECT count(*) FROM positions) AS positions, "
+        "(SELECT count(*) FROM symbol_universe) AS symbols"
+    )[0]
+    assert counts == {"portfolios": 0, "positions": 0, "symbols": 0}

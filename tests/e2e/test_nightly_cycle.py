@@ -9,6 +9,7 @@ import pytest
 
 from tests.e2e.harness import System
 from tests.e2e.scenario import FIRST_DATES, SECOND_DATES, run_scenario
+from tests.e2e.test_faults import assert_integrity
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +22,7 @@ def test_trigger_backfills_every_missed_session_and_snapshots_every_portfolio(
 
     dates = [row[0] for row in digest["batch_dates"]]
     assert dates == FIRST_DATES + SECOND_DATES  # weekend skipped, nothing twice
-    assert system.duplicates() == {"snapshots": 0, "running_jobs": 0, "completed_batch_runs": 0}
+    assert_integrity(system)
 
     # Betas for every date; every portfolio has one complete snapshot per date from its first.
     assert [row[0] for row in digest["betas"]] == dates

@@ -1,7 +1,8 @@
 """A provider that hangs for one symbol and returns garbage for another, in the real batch.
 
 The run must end `partial` naming both symbols with their reasons, write no invalid bar,
-and complete every other symbol; the portfolios are still refreshed for every date.
+and complete every other symbol; the portfolios holding them are still onboarded and
+refreshed for every date (issue 12).
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.harness import System
-from tests.e2e.scenario import FIRST_DATES, FIRST_TARGET, WATERMARK, portfolio_files, symbols_of
+from tests.e2e.scenario import (
+    FIRST_DATES,
+    FIRST_TARGET,
+    SECOND_DATES,
+    SECOND_TARGET,
+    WATERMARK,
+    portfolio_files,
+    symbols_of,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +30,6 @@ def test_timeouts_and_garbage_give_partial_with_reasons_and_nothing_invalid_writ
         service_env,
         SIGMABATCH_PROVIDER_FAULTS="VTI:timeout,XLK:garbage",
         SIGMABATCH_PROVIDER_TIMEOUT="3",
-        SIGMABATCH_MAX_DELIVER="20",
     )
     system = System(env)
     try:
@@ -60,5 +68,21 @@ def test_timeouts_and_garbage_give_partial_with_reasons_and_nothing_invalid_writ
             "GROUP BY status"
         )
         assert {e["status"] for e in events} == {"partial"}
+
+        # The portfolios holding the failing symbols still onboard and refresh every night.
+        system.login("alice")
+        for path in portfolio_files():
+            status = system.wait_onboarded(system.upload(path, name=path.stem)["portfolio_id"])
+            assert status["status"] in ("completed", "partial"), status
+        system.trigger(SECOND_TARGET)
+        system.wait_for_cycle(SECOND_DATES, portfolios=2)
+        snapshots = system.query(
+            "SELECT p.name, s.snapshot_date, s.stale_symbols FROM portfolio_snapshots s "
+            "JOIN portfolios p ON p.id = s.portfolio_id WHERE s.is_complete "
+            "AND s.snapshot_date = ANY(:d) ORDER BY 1, 2", d=SECOND_DATES)
+        assert len(snapshots) == 2 * len(SECOND_DATES)
+        # the symbols without any price are named on the snapshots of the portfolios holding them
+        named = {s for row in snapshots for s in (row["stale_symbols"] or [])}
+        assert named & {"VTI", "XLK"}, snapshots
     finally:
         system.stop_all()

@@ -12,19 +12,26 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import pandas as pd
+import sqlalchemy.exc
 
 from libs.common import pnl
 from libs.common.analytics import repository as analytics_repo
 from libs.common.analytics.chunk import analytics_of_refresh
 from libs.common.db import raw_connection, session_scope
+from libs.common.events import PortfolioRefreshRequested
 from libs.common.exposures import ExposureResult, compute_exposures
+from libs.common.jobs import JobLeaseLost, record_failed_job
 from libs.common.snapshots import repository as repo
+
+log = logging.getLogger(__name__)
 
 # Job types of portfolio_refresh (batch_run_history.job_type); the status API reads them too.
 JOB_PLAN = "portfolio_refresh"
@@ -37,6 +44,38 @@ class DateOutcome:
     day: dt.date
     snapshots: int
     positions: int
+    # Portfolios isolated as failing on this date, with the reason (see refresh_date_isolated).
+    failed: dict[uuid.UUID, str] = field(default_factory=dict)
+
+
+# Failures a retry of the same work may cure: the connection, the server, a lock conflict.
+# Anything else raised by a chunk is a property of its data and is isolated by bisection.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock
+    asyncpg.exceptions.LockNotAvailableError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    JobLeaseLost,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures of the infrastructure (retry the whole chunk later)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (*_TRANSIENT, sqlalchemy.exc.DisconnectionError)):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
 
 
 def compute_chunk(
@@ -79,6 +118,7 @@ async def refresh_date(
     skip_if_later: bool,
     require_holdings: bool = True,
     restate_degraded_before: dt.datetime | None = None,
+    restate: bool = False,
 ) -> DateOutcome:
     """Claim, compute, write and complete the slots of `portfolio_ids` on `day` atomically."""
     async with session_scope(database_url) as session:
@@ -86,6 +126,7 @@ async def refresh_date(
         claimed = await repo.claim_slots(
             conn, day, portfolio_ids, skip_if_later=skip_if_later,
             require_holdings=require_holdings, restate_degraded_before=restate_degraded_before,
+            restate=restate,
         )
         if not claimed:
             return DateOutcome(day, 0, 0)
@@ -107,6 +148,88 @@ async def refresh_date(
         if completed != len(claimed):
             raise RuntimeError(f"{day}: completed {completed} of {len(claimed)} claimed slots")
     return DateOutcome(day, completed, len(result.positions))
+
+
+async def refresh_date_isolated(
+    database_url: str,
+    day: dt.date,
+    portfolio_ids: Sequence[uuid.UUID],
+    params: pnl.PricingParams,
+    *,
+    skip_if_later: bool,
+    require_holdings: bool = True,
+    restate: bool = False,
+    restate_degraded_before: dt.datetime | None = None,
+) -> DateOutcome:
+    """`refresh_date`, with a failing chunk bisected until each bad portfolio is alone.
+
+    One portfolio whose data breaks the computation or a write (a value out of any column's
+    range, an inconsistent row) must not cost the others of its chunk their snapshot: the
+    halves are retried as their own transactions, down to single portfolios, and each one
+    that still fails is recorded (`record_portfolio_failure`) and reported in `failed`.
+    Infrastructure failures (`is_transient`) propagate: the whole chunk is retried later.
+    A chunk of n portfolios with one bad one costs about 2·log2(n) extra transactions.
+    """
+    try:
+        return await refresh_date(
+            database_url, day, portfolio_ids, params,
+            skip_if_later=skip_if_later, require_holdings=require_holdings, restate=restate,
+            restate_degraded_before=restate_degraded_before,
+        )
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        if len(portfolio_ids) == 1:
+            reason = f"{type(exc).__name__}: {exc}"[:2000]
+            log.error("refresh of portfolio %s on %s failed: %s", portfolio_ids[0], day, reason,
+                      extra={"portfolio_id": str(portfolio_ids[0])})
+            await record_portfolio_failure(database_url, portfolio_ids[0], day, reason)
+            return DateOutcome(day, 0, 0, {portfolio_ids[0]: reason})
+        log.warning("chunk of %d portfolios on %s failed (%s): bisecting",
+                    len(portfolio_ids), day, type(exc).__name__)
+    ordered = sorted(portfolio_ids)
+    middle = len(ordered) // 2
+    parts = [
+        await refresh_date_isolated(
+            database_url, day, half, params,
+            skip_if_later=skip_if_later, require_holdings=require_holdings, restate=restate,
+            restate_degraded_before=restate_degraded_before,
+        )
+        for half in (ordered[:middle], ordered[middle:])
+    ]
+    return DateOutcome(
+        day,
+        sum(p.snapshots for p in parts),
+        sum(p.positions for p in parts),
+        {k: v for p in parts for k, v in p.failed.items()},
+    )
+
+
+async def record_portfolio_failure(
+    database_url: str, portfolio_id: uuid.UUID, day: dt.date, reason: str
+) -> None:
+    """Make one portfolio's failed date visible and re-drivable, in its own transaction.
+
+    * the (portfolio, day) slot stays incomplete with `details.refresh_error` (so the date's
+      completion does not wait for it, and the next refresh of the portfolio retries it);
+    * an `error` line in the portfolio's onboarding activity (its status page);
+    * a failed `portfolio_refresh_request` job keyed `<portfolio>:<day>` carrying the
+      `portfolio.refresh.requested` to re-publish (`sigmabatch jobs retry ID`).
+    """
+    async with session_scope(database_url) as session:
+        conn = await raw_connection(session)
+        await repo.mark_slot_failed(conn, portfolio_id, day, reason)
+        await conn.execute(
+            "INSERT INTO onboarding_activity (portfolio_id, level, message) "
+            "VALUES ($1, 'error', $2)",
+            portfolio_id,
+            f"snapshot of {day.isoformat()} failed: {reason}",
+        )
+    request = PortfolioRefreshRequested(portfolio_id=portfolio_id, as_of=day, reason="retry")
+    await record_failed_job(
+        database_url, JOB_REQUEST, f"{portfolio_id}:{day.isoformat()}", reason,
+        subject=request.subject, payload=request.model_dump_json().encode(),
+    )
 
 
 async def refresh_portfolios(
@@ -141,15 +264,59 @@ async def refresh_portfolios(
             if starts
             else []
         )
-    outcomes = [
-        await refresh_date(database_url, d, portfolio_ids, params, skip_if_later=True)
-        for d in catch_up[-max_backfill:]
-    ]
+    # A portfolio that failed a date stops there for this run: its later dates would roll
+    # over the hole (and could never be redone under them); it is retried from the failed
+    # date by its next refresh.
+    remaining = list(portfolio_ids)
+    outcomes = []
+    for d in catch_up[-max_backfill:]:
+        outcome = await refresh_date_isolated(
+            database_url, d, remaining, params, skip_if_later=True
+        )
+        outcomes.append(outcome)
+        remaining = [p for p in remaining if p not in outcome.failed]
+        if not remaining:
+            return outcomes
     outcomes.append(
-        await refresh_date(
-            database_url, day, portfolio_ids, params,
+        await refresh_date_isolated(
+            database_url, day, remaining, params,
             skip_if_later=not explicit, require_holdings=not explicit,
             restate_degraded_before=restate_degraded_before,
         )
     )
+    return outcomes
+
+
+async def restate_portfolios(
+    database_url: str,
+    day: dt.date,
+    portfolio_ids: Sequence[uuid.UUID],
+    params: pnl.PricingParams,
+) -> list[DateOutcome]:
+    """Recompute the snapshots of `portfolio_ids` from `day` to their latest, in date order.
+
+    The one restatement path: an operator's rerun of a date, a partial date whose failed
+    symbols came back, a hole in the batch history filled late, a snapshot built with
+    missing inputs. Each date is one transaction per chunk (like a refresh) that re-claims
+    the complete slots and recomputes them from the (restated) snapshot before, so the
+    equity chain, cumulative P&L and flows stay right; a portfolio is restated only from its
+    first snapshot on (its history does not grow backwards), and a date between two of its
+    snapshots that it lacks (a filled hole) is inserted. A portfolio failing a date stops
+    there, recorded as failed (`refresh_date_isolated`).
+    """
+    async with session_scope(database_url) as session:
+        conn = await raw_connection(session)
+        firsts = await repo.first_complete_dates(conn, portfolio_ids)
+        dates = await repo.restatement_dates(conn, day, portfolio_ids)
+    remaining = [p for p in portfolio_ids if p in firsts]
+    outcomes: list[DateOutcome] = []
+    for d in dates:
+        members = [p for p in remaining if firsts[p] <= d]
+        if not members:
+            continue
+        outcome = await refresh_date_isolated(
+            database_url, d, members, params, skip_if_later=False, restate=True
+        )
+        outcomes.append(outcome)
+        remaining = [p for p in remaining if p not in outcome.failed]
     return outcomes

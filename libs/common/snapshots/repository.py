@@ -59,6 +59,10 @@ _ELIGIBLE = """
                         -- made with missing inputs before this plan: restate it
                         AND NOT (s.snapshot_date = $1 AND s.is_degraded
                                  AND s.completed_at < $2))
+      AND NOT EXISTS (SELECT 1 FROM portfolio_snapshots f
+                      WHERE f.portfolio_id = p.id AND f.snapshot_date <= $1
+                        AND NOT f.is_complete AND f.details ? 'refresh_error'
+                        AND f.claimed_at >= $2)
 """
 
 
@@ -73,7 +77,9 @@ async def eligible_portfolios(
 
     A portfolio already snapshotted on a later date is left alone: inserting an earlier
     snapshot under a later one would count the P&L between them twice. A portfolio still
-    onboarding is left to onboarding, which requests its first snapshot itself.
+    onboarding is left to onboarding, which requests its first snapshot itself. A portfolio
+    whose refresh failed (isolated, `mark_slot_failed`) since `created_before` (the plan) does
+    not hold the date up; the plan of a later date retries it.
     """
     rows = await conn.fetch(f"SELECT p.id {_ELIGIBLE} ORDER BY p.id", day, created_before)
     return [r["id"] for r in rows]
@@ -83,6 +89,41 @@ async def count_eligible(
     conn: asyncpg.Connection, day: dt.date, created_before: dt.datetime
 ) -> int:
     return await conn.fetchval(f"SELECT count(*) {_ELIGIBLE}", day, created_before)
+
+
+async def count_failed(conn: asyncpg.Connection, day: dt.date, since: dt.datetime) -> int:
+    """Portfolios whose refresh up to `day` failed since `since` (they are not waited for)."""
+    return await conn.fetchval(
+        "SELECT count(DISTINCT portfolio_id) FROM portfolio_snapshots "
+        "WHERE snapshot_date <= $1 AND NOT is_complete AND details ? 'refresh_error' "
+        "AND claimed_at >= $2",
+        day,
+        since,
+    )
+
+
+async def mark_slot_failed(
+    conn: asyncpg.Connection, portfolio_id: uuid.UUID, day: dt.date, reason: str
+) -> None:
+    """Leave the (portfolio, day) slot incomplete with the reason its refresh failed.
+
+    The next claim of the slot (a later night, a retry) re-claims and redoes it; success
+    overwrites `details`, so the error disappears with the cause.
+    """
+    await conn.execute(
+        """
+        INSERT INTO portfolio_snapshots AS s (id, portfolio_id, snapshot_date, is_complete,
+                                              details, claimed_at)
+        VALUES (gen_random_uuid(), $1, $2, false,
+                jsonb_build_object('refresh_error', $3::text, 'failed_at', now()), now())
+        ON CONFLICT (portfolio_id, snapshot_date) DO UPDATE
+        SET details = s.details || EXCLUDED.details, claimed_at = now()
+        WHERE NOT s.is_complete
+        """,
+        portfolio_id,
+        day,
+        reason,
+    )
 
 
 async def count_complete(conn: asyncpg.Connection, day: dt.date) -> int:
@@ -131,6 +172,55 @@ async def batch_dates_between(
     return [r["batch_date"] for r in rows]
 
 
+async def restatable_portfolios(
+    conn: asyncpg.Connection, day: dt.date, created_before: dt.datetime
+) -> list[uuid.UUID]:
+    """Active portfolios with a complete snapshot on or after `day` (what a restatement of
+    `day` recomputes), in id order."""
+    rows = await conn.fetch(
+        """
+        SELECT p.id FROM portfolios p
+        WHERE p.is_active AND p.created_at <= $2
+          AND EXISTS (SELECT 1 FROM portfolio_snapshots s
+                      WHERE s.portfolio_id = p.id AND s.snapshot_date >= $1 AND s.is_complete)
+        ORDER BY p.id
+        """,
+        day,
+        created_before,
+    )
+    return [r["id"] for r in rows]
+
+
+async def first_complete_dates(
+    conn: asyncpg.Connection, portfolio_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dt.date]:
+    rows = await conn.fetch(
+        "SELECT portfolio_id, min(snapshot_date) AS first FROM portfolio_snapshots "
+        "WHERE portfolio_id = ANY($1::uuid[]) AND is_complete GROUP BY portfolio_id",
+        list(portfolio_ids),
+    )
+    return {r["portfolio_id"]: r["first"] for r in rows}
+
+
+async def restatement_dates(
+    conn: asyncpg.Connection, day: dt.date, portfolio_ids: Sequence[uuid.UUID]
+) -> list[dt.date]:
+    """`day`, then every later date that is a batch date or holds a complete snapshot of one
+    of `portfolio_ids` (an explicit snapshot between batch dates), in order."""
+    rows = await conn.fetch(
+        """
+        SELECT batch_date AS d FROM symbol_batch_dates WHERE batch_date > $1
+        UNION
+        SELECT snapshot_date FROM portfolio_snapshots
+        WHERE portfolio_id = ANY($2::uuid[]) AND snapshot_date > $1 AND is_complete
+        ORDER BY 1
+        """,
+        day,
+        list(portfolio_ids),
+    )
+    return [day, *[r["d"] for r in rows]]
+
+
 async def latest_price_date(conn: asyncpg.Connection, portfolio_id: uuid.UUID) -> dt.date | None:
     """The last date with a quote for any symbol the portfolio needs (onboarding's default)."""
     return await conn.fetchval(
@@ -156,8 +246,11 @@ async def claim_slots(
     skip_if_later: bool,
     require_holdings: bool = True,
     restate_degraded_before: dt.datetime | None = None,
+    restate: bool = False,
 ) -> list[uuid.UUID]:
     """Claim the (portfolio, day) slots of this transaction; returns the ones it owns.
+
+    `restate` re-claims complete slots too (a restatement recomputes them in place).
 
     A new slot is inserted with is_complete=false; a half slot left incomplete is re-claimed
     (redone); a complete one is skipped, unless it is degraded (made with missing inputs) and
@@ -179,7 +272,7 @@ async def claim_slots(
         ORDER BY p.id
         ON CONFLICT (portfolio_id, snapshot_date)
         DO UPDATE SET claimed_at = now()
-        WHERE s.is_complete = false OR (s.is_degraded AND s.completed_at < $5)
+        WHERE s.is_complete = false OR $6 OR (s.is_degraded AND s.completed_at < $5)
         RETURNING s.portfolio_id
         """,
         list(portfolio_ids),
@@ -187,6 +280,7 @@ async def claim_slots(
         skip_if_later,
         require_holdings,
         restate_degraded_before,
+        restate,
     )
     return sorted(r["portfolio_id"] for r in rows)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import uuid
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Query
@@ -13,6 +14,7 @@ from nats.js.errors import NotFoundError
 
 from libs.common import bus
 from libs.common.events import BatchNightlyRequested
+from libs.common.jobs import NotRetryable, redrive_job
 from services.status_api import queries
 from services.status_api.api.deps import AdminDep, SessionDep, StateDep
 from services.status_api.api.responses import ADMIN_ONLY, resource_router
@@ -20,6 +22,7 @@ from services.status_api.schemas import (
     BatchDateOut,
     BusStatus,
     ErrorResponse,
+    JobRetried,
     NightlyAccepted,
     NightlyRequest,
 )
@@ -33,8 +36,10 @@ router = resource_router("/admin", "admin")
              summary="Trigger the nightly batch (admin)")
 async def trigger_nightly(state: StateDep, caller: AdminDep,
                           body: NightlyRequest | None = None) -> NightlyAccepted:
+    rerun = bool(body and body.rerun)
     message = BatchNightlyRequested(target_date=body.target_date if body else None,
-                                    requested_by=caller.username)
+                                    requested_by=caller.username, rerun=rerun,
+                                    rerun_token=uuid.uuid4().hex[:12] if rerun else None)
     if state.js is None:
         raise HTTPException(503, detail="The message bus is not reachable; try again shortly.")
     try:
@@ -43,6 +48,26 @@ async def trigger_nightly(state: StateDep, caller: AdminDep,
         raise HTTPException(503, detail=f"Could not publish the trigger: {exc}") from exc
     return NightlyAccepted(message_id=message.message_id(), published=published,
                            target_date=message.target_date)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobRetried,
+             responses={**ADMIN_ONLY,
+                        404: {"model": ErrorResponse, "description": "No such job."},
+                        409: {"model": ErrorResponse,
+                              "description": "Not failed, or nothing recorded to re-drive."},
+                        503: {"model": ErrorResponse, "description": "NATS unavailable."}},
+             summary="Re-drive a failed job (admin)")
+async def retry_job(state: StateDep, caller: AdminDep, job_id: uuid.UUID) -> JobRetried:
+    """Re-publish the message recorded with the job's failure (what `sigmabatch jobs retry`
+    does); its handler then runs the job again as a new row."""
+    if state.js is None:
+        raise HTTPException(503, detail="The message bus is not reachable; try again shortly.")
+    try:
+        msg_id = await redrive_job(state.database_url, state.js, state.topology, job_id)
+    except NotRetryable as exc:
+        raise HTTPException(404 if str(exc).startswith("no job") else 409,
+                            detail=str(exc)) from exc
+    return JobRetried(job_id=job_id, message_id=msg_id)
 
 
 @router.get("/batch/dates", response_model=list[BatchDateOut], responses=ADMIN_ONLY,
