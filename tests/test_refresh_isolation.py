@@ -37,7 +37,8 @@ OTHERS = 30
 CHUNK = 8  # 31 portfolios -> 4 chunks
 
 
-async def add_portfolio(database_url: str, quantity: Decimal, equity: Decimal) -> uuid.UUID:
+async def add_portfolio(database_url: str, quantity: Decimal, equity: Decimal,
+                        klass: str = "PUBLIC") -> uuid.UUID:
     """A portfolio holding `quantity` AAA from DAYS[0], with `equity` declared."""
     conn = await connect(database_url)
     try:
@@ -48,11 +49,25 @@ async def add_portfolio(database_url: str, quantity: Decimal, equity: Decimal) -
             pid, user, "poison", equity)
         await conn.execute(
             "INSERT INTO positions (id, portfolio_id, symbol, quantity, entry_price, entry_date, "
-            "investment_class) VALUES ($1, $2, 'AAA', $3, 100, $4, 'PUBLIC')",
-            uuid.uuid4(), pid, quantity, DAYS[0])
+            "investment_class) VALUES ($1, $2, 'AAA', $3, 100, $4, $5)",
+            uuid.uuid4(), pid, quantity, DAYS[0], klass)
         return pid
     finally:
         await conn.close()
+
+
+async def add_legacy_poison(database_url: str) -> uuid.UUID:
+    """A portfolio whose writes the database refuses: 1e11 shares (from before the upload
+    bounds) against a CHECK on position values that this test's database carries, so every
+    transaction holding it fails with a real constraint violation, whatever the P&L code
+    tolerates."""
+    conn = await connect(database_url)
+    try:
+        await conn.execute("ALTER TABLE position_snapshots ADD CONSTRAINT poison_guard "
+                           "CHECK (abs(market_value) < 1e12)")
+    finally:
+        await conn.close()
+    return await add_portfolio(database_url, Decimal("100000000000"), Decimal(100000))
 
 
 async def _all_done(database_url: str, day: dt.date, n: int) -> bool:
@@ -109,11 +124,11 @@ async def test_tiny_equity_portfolio_gets_a_flagged_snapshot_and_its_chunk_compl
 async def test_failing_portfolio_is_bisected_out_marked_failed_and_retried(
     ctx: ServiceContext, database_url: str, service_env: dict[str, str]
 ) -> None:
-    """A portfolio whose values overflow every money column (a row from before the upload
+    """A portfolio whose writes the database refuses (a row from before the upload
     bounds) fails alone: the 30 others get their snapshots, it is marked failed with the
     reason (slot, onboarding activity, job API), and `jobs retry` re-drives it once fixed."""
     ids = await seed_synthetic(database_url, OTHERS)
-    poison = await add_portfolio(database_url, Decimal("9900000000000000"), Decimal(100000))
+    poison = await add_legacy_poison(database_url)
     day = DAYS[0]
     with ServiceProcess("portfolio_refresh", refresh_env_for(service_env)) as service:
         await publish_raw(ctx, batch_event(day), "bisect")
@@ -130,7 +145,7 @@ async def test_failing_portfolio_is_bisected_out_marked_failed_and_retried(
         slot = (await fetch(database_url, "SELECT is_complete, details FROM portfolio_snapshots "
                                           "WHERE portfolio_id = $1", poison))[0]
         assert not slot["is_complete"]
-        assert "numeric field overflow" in json.loads(slot["details"])["refresh_error"]
+        assert "poison_guard" in json.loads(slot["details"])["refresh_error"]
         activity = await fetch(database_url, "SELECT level, message FROM onboarding_activity "
                                              "WHERE portfolio_id = $1", poison)
         assert [a["level"] for a in activity] == ["error"]
@@ -142,7 +157,7 @@ async def test_failing_portfolio_is_bisected_out_marked_failed_and_retried(
         assert list(json.loads(chunk[0]["result"])["failed_portfolios"]) == [str(poison)]
         failed = await fetch(database_url, "SELECT id, error FROM batch_run_history WHERE "
                                            "job_type = $1 AND status = 'failed'", JOB_REQUEST)
-        assert len(failed) == 1 and "numeric field overflow" in failed[0]["error"]
+        assert len(failed) == 1 and "poison_guard" in failed[0]["error"]
 
         # the operator fixes the row, then re-drives the failed job from the CLI
         conn = await connect(database_url)
@@ -168,7 +183,7 @@ async def test_failing_portfolio_is_bisected_out_marked_failed_and_retried(
 async def test_in_process_bisection_isolates_the_bad_portfolio(database_url: str) -> None:
     """The use case itself (no bus): one transaction per half down to the bad portfolio."""
     ids = await seed_synthetic(database_url, 12)
-    poison = await add_portfolio(database_url, Decimal("9900000000000000"), Decimal(100000))
+    poison = await add_legacy_poison(database_url)
     outcomes = await refresh_portfolios(database_url, DAYS[0], [*ids, poison], PARAMS)
     assert outcomes[-1].snapshots == 12 and list(outcomes[-1].failed) == [poison]
     conn: asyncpg.Connection = await connect(database_url)
