@@ -36,6 +36,7 @@ class RecordingProvider(SampleProvider):
     """The real sample provider, recording what it was asked (to prove what never reaches it)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.price_calls: list[tuple[list[str], dt.date, dt.date]] = []
         self.asked: set[str] = set()
 
