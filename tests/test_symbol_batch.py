@@ -494,3 +494,37 @@ async def test_sessions_beyond_the_cap_are_caught_up_oldest_first(ctx, settings)
     done = [r["batch_date"] for r in await batch_dates(url)]
     # oldest first, nothing skipped: 21, 24 then 25, 26 (27th: Thanksgiving; 28th next time)
     assert done == [D(2025, 11, 21), D(2025, 11, 24), D(2025, 11, 25), D(2025, 11, 26)]
+
+
+async def test_sample_universe_adds_synthetic_tickers_priced_and_betaed(ctx, settings):
+    """SIGMABATCH_SAMPLE_UNIVERSE=50: the nightly batch seeds SY0001..SY0050 (once, however
+    often it runs) and writes prices and betas for every one, labelled synthetic."""
+    url = settings.database_url
+    settings.sample_universe = 50  # the ctx fixture shares this object
+    await seed_universe(url, ["AAPL"])
+    synthetic = [f"SY{i:04d}" for i in range(1, 51)]
+    async with consumers(ctx, SymbolBatch(ctx, RecordingProvider())):
+        await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 26)))
+        await wait_for(lambda: completed_events(ctx), what="event")
+        await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 26), rerun_token="again"))
+        await asyncio.sleep(1.0)
+    seeded = await sql(
+        url, "SELECT symbol, added_by, asset_type FROM symbol_universe WHERE symbol LIKE 'SY0%'"
+    )
+    assert sorted(r["symbol"] for r in seeded) == synthetic
+    assert {(r["added_by"], r["asset_type"]) for r in seeded} == {("sample_universe", "stock")}
+    prices = await sql(
+        url,
+        "SELECT symbol, array_agg(DISTINCT source) AS sources FROM market_data_cache "
+        "WHERE symbol LIKE 'SY0%' AND date = '2025-11-26' GROUP BY symbol",
+    )
+    assert sorted(r["symbol"] for r in prices) == synthetic
+    assert {tuple(r["sources"]) for r in prices} == {("sample:synthetic",)}
+    betas = await sql(
+        url,
+        "SELECT symbol, count(*) AS n FROM symbol_factor_exposures "
+        "WHERE symbol LIKE 'SY0%' AND calculation_date = '2025-11-26' GROUP BY symbol",
+    )
+    assert {r["symbol"]: r["n"] for r in betas} == {s: len(ALL_FACTORS) for s in synthetic}
+    [done] = await batch_dates(url)
+    assert done["symbols_total"] == 1 + len(FACTOR_ETFS) + 50 and done["symbols_failed"] == 0

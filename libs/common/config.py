@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # One provider call (a chunk of symbols) longer than this is abandoned and the chunk is
     # retried symbol by symbol.
     provider_timeout_seconds: float = Field(default=120.0, alias="SIGMABATCH_PROVIDER_TIMEOUT")
+    # Sample provider only: N deterministic synthetic tickers (SY0001..) added to the universe
+    # symbol_batch processes, for production-size runs offline (bench/bench_cycle.py).
+    sample_universe: int = Field(default=0, ge=0, le=9999, alias="SIGMABATCH_SAMPLE_UNIVERSE")
     # Chaos testing only (see libs/common/market_data/faults.py).
     provider_faults: str = Field(default="", alias="SIGMABATCH_PROVIDER_FAULTS")
     # Onboarding: per user, symbols new to the universe one upload / 24 hours may ask for

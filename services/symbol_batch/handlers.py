@@ -40,6 +40,7 @@ from libs.common.factor_definitions import seed_factor_definitions
 from libs.common.factors import FACTOR_ETFS, LOOKBACK_SESSIONS, compute_exposures, daily_returns
 from libs.common.jobs import COMPLETED, PARTIAL, Job, JobAlreadyRunning, JobTracker
 from libs.common.market_data.base import MarketDataProvider
+from libs.common.market_data.sample import synthetic_universe
 from libs.common.service import ServiceContext
 from services.symbol_batch import store
 from services.symbol_batch.store import JOB_TYPE
@@ -163,6 +164,15 @@ class SymbolBatch:
         self.max_backfill = settings.max_backfill_days
         self.settle_delay = dt.timedelta(minutes=settings.settle_delay_minutes)
         self.heartbeat_seconds = settings.job_heartbeat_seconds
+        # The sample provider's synthetic universe (production-size runs offline); another
+        # provider has no such tickers, so the setting is ignored there.
+        self.synthetic = (
+            synthetic_universe(settings.sample_universe)
+            if provider.name.split("+")[0] == "sample"
+            else []
+        )
+        if settings.sample_universe and not self.synthetic:
+            log.warning("SIGMABATCH_SAMPLE_UNIVERSE ignored: provider %s", provider.name)
         # Under the advisory lock no live symbol_batch worker can own a running row, so a
         # running row found there belongs to a dead worker: take it over at once.
         self.jobs = JobTracker(
@@ -194,7 +204,7 @@ class SymbolBatch:
         extra = {"correlation_id": message.correlation_id, "job_type": JOB_TYPE}
         async with self._run_lock():
             async with session_scope(self.ctx.database_url) as session:
-                await store.ensure_factor_etfs(session, FACTOR_ETFS)
+                await store.ensure_seeded(session, FACTOR_ETFS, self.synthetic)
                 batched = await store.batched_dates(session)
                 last_status = await store.latest_job_status(session, key)
             dates, redo = plan_dates(batched, target, self.max_backfill, rerun=message.rerun)

@@ -43,14 +43,23 @@ async def latest_snapshot_date(session: AsyncSession) -> dt.date | None:
     )
 
 
-async def ensure_factor_etfs(session: AsyncSession, etfs: Sequence[str]) -> None:
-    """The factor ETFs belong to the universe whatever was seeded (docs/design.md §5)."""
+async def ensure_seeded(
+    session: AsyncSession, etfs: Sequence[str], synthetic: Sequence[str] = ()
+) -> None:
+    """The factor ETFs belong to the universe whatever was seeded (docs/design.md §5); so do
+    the sample provider's synthetic tickers when SIGMABATCH_SAMPLE_UNIVERSE asks for them.
+    Idempotent: existing rows (and their is_active) are left as they are."""
     connection = await raw_connection(session)
+    symbols = list(etfs) + list(synthetic)
+    kinds = ["etf"] * len(etfs) + ["stock"] * len(synthetic)
+    added_by = ["factor_etf"] * len(etfs) + ["sample_universe"] * len(synthetic)
     await connection.execute(
         "INSERT INTO symbol_universe (symbol, asset_type, added_by) "
-        "SELECT s, 'etf', 'factor_etf' FROM unnest($1::text[]) AS s "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
         "ON CONFLICT (symbol) DO NOTHING",
-        list(etfs),
+        symbols,
+        kinds,
+        added_by,
     )
 
 

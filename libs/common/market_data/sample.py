@@ -149,6 +149,17 @@ _SECTORS = {
 }
 
 
+SYNTHETIC_PREFIX = "SY"
+
+
+def synthetic_universe(n: int) -> list[str]:
+    """``SY0001`` .. ``SY{n:04d}``: tickers with no real history, so every bar and profile of
+    theirs is ``sample:synthetic`` (SIGMABATCH_SAMPLE_UNIVERSE; production-size runs offline)."""
+    if not 0 <= n <= 9999:
+        raise ValueError(f"synthetic universe size must be 0..9999, got {n}")
+    return [f"{SYNTHETIC_PREFIX}{i:04d}" for i in range(1, n + 1)]
+
+
 def _seed(symbol: str) -> int:
     return int.from_bytes(hashlib.blake2b(symbol.encode(), digest_size=8).digest(), "big")
 
