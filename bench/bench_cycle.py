@@ -299,6 +299,8 @@ async def main(args: argparse.Namespace) -> None:
                                 SIGMABATCH_BUS_PREFIX=prefix)
             ctx = await connect_context("bench_cycle", settings)
             timeout = 120.0 + args.portfolios * args.positions / 200.0
+            # Onboarding makes each first snapshot on its own (one message per portfolio).
+            setup_timeout = 120.0 + 2.0 * args.portfolios
             try:
                 with services(env, args.replicas) as processes, RssSampler(processes) as sampler:
                     print(f"bench_cycle: {args.symbols} symbols ({synthetic} synthetic), "
@@ -327,7 +329,8 @@ async def main(args: argparse.Namespace) -> None:
                                               setup_day)
                         return done == args.portfolios
 
-                    await wait_until("first snapshots", first_snapshots, timeout, processes)
+                    await wait_until("first snapshots", first_snapshots, setup_timeout,
+                                     processes)
                     # What a status poll does (else the onboarding service's periodic
                     # reconcile): onboardings whose first snapshot is made become completed.
                     async with session_scope(url) as session:
