@@ -334,7 +334,7 @@ class System:
         async def count() -> int:
             import nats
 
-            nc = await nats.connect(self.env["NATS_URL"])
+            nc = await nats.connect(servers=bus.server_urls(self.env["NATS_URL"]))
             try:
                 topology = bus.Topology(self.env.get("SIGMABATCH_BUS_PREFIX", ""))
                 info = await nc.jetstream().stream_info(topology.jobs_stream)
