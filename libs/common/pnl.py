@@ -161,26 +161,32 @@ def normalise_prices(prices: pd.DataFrame) -> pd.DataFrame:
     return px.sort_values(["date", "symbol"], kind="stable").reset_index(drop=True)
 
 
-def last_price_on_or_before(
-    prices: pd.DataFrame, symbols: pd.Series, when: pd.Series
+def _price_asof(
+    prices: pd.DataFrame, symbols: pd.Series, when: pd.Series, direction: str
 ) -> tuple[np.ndarray, pd.Series]:
-    """For each (symbol, date) pair: the last quote on or before the date and its date."""
+    """For each (symbol, date) pair: the nearest quote in `direction` of the date, and its date."""
     n = len(symbols)
     if n == 0:
         return np.empty(0), pd.Series([], dtype="datetime64[ns]")
     left = pd.DataFrame(
         {"symbol": symbols.to_numpy(), "when": when.to_numpy(), "row": np.arange(n)}
     ).sort_values("when", kind="stable")
-    right = prices.rename(columns={"date": "price_date"})
     merged = pd.merge_asof(
         left,
-        right,
+        prices.rename(columns={"date": "price_date"}),
         left_on="when",
         right_on="price_date",
         by="symbol",
-        direction="backward",
+        direction=direction,
     ).sort_values("row")
     return merged["price"].to_numpy(dtype="float64"), merged["price_date"].reset_index(drop=True)
+
+
+def last_price_on_or_before(
+    prices: pd.DataFrame, symbols: pd.Series, when: pd.Series
+) -> tuple[np.ndarray, pd.Series]:
+    """For each (symbol, date) pair: the last quote on or before the date and its date."""
+    return _price_asof(prices, symbols, when, "backward")
 
 
 def realised_volatility(prices: pd.DataFrame, params: PricingParams) -> pd.DataFrame:
@@ -207,17 +213,7 @@ def _first_price_on_or_after(
     prices: pd.DataFrame, symbols: pd.Series, when: pd.Series, until: pd.Timestamp | np.datetime64
 ) -> tuple[np.ndarray, pd.Series]:
     """For each (symbol, date): the first quote on or after the date (up to `until`)."""
-    n = len(symbols)
-    if n == 0:
-        return np.empty(0), pd.Series([], dtype="datetime64[ns]")
-    left = pd.DataFrame(
-        {"symbol": symbols.to_numpy(), "when": when.to_numpy(), "row": np.arange(n)}
-    ).sort_values("when", kind="stable")
-    right = prices[prices["date"] <= until].rename(columns={"date": "price_date"})
-    merged = pd.merge_asof(
-        left, right, left_on="when", right_on="price_date", by="symbol", direction="forward"
-    ).sort_values("row")
-    return merged["price"].to_numpy(dtype="float64"), merged["price_date"].reset_index(drop=True)
+    return _price_asof(prices[prices["date"] <= until], symbols, when, "forward")
 
 
 def _volatility_at(vols: pd.DataFrame, symbols: pd.Series, when: pd.Series) -> np.ndarray:
