@@ -308,10 +308,12 @@ async def test_dead_lettered_first_snapshot_fails_the_onboarding(settings, ctx):
             "p.csv", csv_bytes(*stock_rows(["AAPL"])))}, data={"name": "doomed"})
         pid = created.json()["portfolio_id"]
         assert created.json()["status"] == "running"
-        # What the bus does after MaxDeliver failed deliveries of the refresh request.
+        # What the bus does after MaxDeliver failed deliveries of the refresh request: the
+        # dead letter is keyed by the job key the handler works under (portfolio:date).
         request = PortfolioRefreshRequested(portfolio_id=uuid.UUID(pid), as_of=as_of)
-        await ctx.jobs.record_dead_letter(JOB_REQUEST, request.message_id(),
-                                          "ValueError: no prices", b"{}", 3)
+        await ctx.jobs.record_dead_letter(JOB_REQUEST, f"{pid}:{as_of.isoformat()}",
+                                          "ValueError: no prices",
+                                          request.model_dump_json().encode(), 3)
         status_url = f"/api/v1/onboarding/status/{pid}"
         derived = (await client.get(status_url, headers=headers)).json()
         # the GET only reads: the row is still running until the coordinator records it

@@ -339,7 +339,10 @@ async def fail_dead_snapshot_onboardings(session: AsyncSession, refresh_job_type
             JOIN LATERAL (
                 SELECT error FROM batch_run_history
                 WHERE job_type = :job_type AND status = 'failed'
-                  AND job_key = 'refresh:' || po.portfolio_id || ':' || po.snapshot_date
+                  -- the job key dead letters carry; 'refresh:' + key is the message id that
+                  -- dead letters recorded before they were keyed by job carry
+                  AND job_key IN (po.portfolio_id || ':' || po.snapshot_date,
+                                  'refresh:' || po.portfolio_id || ':' || po.snapshot_date)
                 ORDER BY started_at DESC LIMIT 1) j ON true
             WHERE po.status = 'running' AND po.snapshot_requested_at IS NOT NULL
             """
