@@ -14,7 +14,10 @@ import sys
 import time
 
 import httpx
+from sqlalchemy import text
 
+from libs.common.db import session_scope
+from libs.common.factor_definitions import seed_factor_definitions
 from libs.common.jobs import JobTracker
 from tests.processes import ServiceProcess
 from tests.test_api_helpers import csv_bytes, seed_known_symbols, stock_rows, token_for
@@ -28,7 +31,15 @@ def _free_port() -> int:
 
 async def test_openapi_fuzzing_finds_no_server_error(settings, service_env, tmp_path):
     headers = await token_for(settings.database_url, "fuzzer", admin=True)
-    await seed_known_symbols(settings.database_url, ["AAPL", "MSFT"], days=40)
+    as_of = await seed_known_symbols(settings.database_url, ["AAPL", "MSFT"], days=40)
+    # Betas on the snapshot date, so the real ids of the second run reach data (factor reads
+    # answer 404 with a reason where there is none).
+    async with session_scope(settings.database_url) as session:
+        await seed_factor_definitions(session)
+        await session.execute(text(
+            "INSERT INTO symbol_factor_exposures (symbol, factor_name, calculation_date, beta, "
+            "n_obs, quality) SELECT s, 'market', :d, 1.1, 90, 'full' FROM unnest(CAST(:s AS text[])) AS s"),
+            {"d": as_of, "s": ["AAPL", "MSFT"]})
     port = _free_port()
     api = ServiceProcess("status_api", {**service_env, "API_PORT": str(port)})
     api.start(wait_ready=False)
