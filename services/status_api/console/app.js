@@ -224,7 +224,11 @@
   async function viewPortfolios() {
     render(h("h1", {}, "Portfolios"), h("p", { class: "loading" }, "Loading…"));
     let rows;
-    try { rows = await api("/api/v1/portfolios"); } catch (error) { return render(h("h1", {}, "Portfolios"), errorBox(error)); }
+    // The landing view after sign-in: the user may have moved on while the list loaded, and a
+    // late answer must not replace the view they went to.
+    const stillHere = () => (location.hash || "#/portfolios") === "#/portfolios";
+    try { rows = await api("/api/v1/portfolios"); } catch (error) { return stillHere() ? render(h("h1", {}, "Portfolios"), errorBox(error)) : undefined; }
+    if (!stillHere()) return;
     const table = h("table", { id: "portfolios" },
       h("thead", {}, h("tr", {}, ["Name", "Positions", "Onboarding", "Latest snapshot", "Equity balance"].map(
         (c, i) => h("th", { class: i === 1 || i === 4 ? "num" : "" }, c)))),
