@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,23 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HEADER = ("Symbol,Quantity,Entry Price Per Share,Entry Date,Investment Class,"
           "Investment Subtype,Underlying Symbol,Strike Price,Expiration Date,Option Type,"
           "Exit Date,Exit Price Per Share")
+
+
+def cent_values(quantities: Mapping[str, float], closes: Mapping[str, float]) -> dict[str, float]:
+    """Each position's market value as a snapshot stores it, computed here by hand in Decimal.
+
+    The snapshot rounds a portfolio's position values to cents so that they add up to the
+    rounded exact total (largest remainder: floor every value to a cent, then give the cents
+    still missing to the largest remainders), so a value can sit one cent away from its own
+    rounding: 30 x 246.116822 = 7,383.50466 is stored as 7,383.51 when the book needs the cent.
+    """
+    exact = {s: Decimal(str(q)) * Decimal(str(closes[s])) * 100 for s, q in quantities.items()}
+    total = sum(exact.values(), Decimal(0)).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    cents = {s: v.to_integral_value(rounding=ROUND_FLOOR) for s, v in exact.items()}
+    missing = int(total - sum(cents.values(), Decimal(0)))
+    for symbol in sorted(exact, key=lambda s: exact[s] - cents[s], reverse=True)[:missing]:
+        cents[symbol] += 1
+    return {s: float(c) / 100 for s, c in cents.items()}
 
 
 def csv_bytes(*rows: str) -> bytes:

@@ -23,7 +23,13 @@ from services.status_api.frontend_models import (
     SpreadFactorsResponse,
 )
 from services.status_api.snapshots import default_snapshot_maker
-from tests.test_api_helpers import api_client, csv_bytes, seed_known_symbols, token_for
+from tests.test_api_helpers import (
+    api_client,
+    cent_values,
+    csv_bytes,
+    seed_known_symbols,
+    token_for,
+)
 
 CREATE = "/api/v1/onboarding/create-portfolio"
 EQUITY = 100_000.0
@@ -82,7 +88,7 @@ async def test_overview_and_factor_exposures_match_an_independent_computation(se
         only = await client.get(f"{base}/positions/factor-exposures?symbols=nvda,msft",
                                 headers=headers)
     # market values as stored, to the cent (weights use them: issue 9)
-    values = {s: round(q * closes[s], 2) for s, (q, _) in BOOK.items()}
+    values = cent_values({s: q for s, (q, _) in BOOK.items()}, closes)
     long_v = sum(v for v in values.values() if v > 0)
     short_v = sum(v for v in values.values() if v < 0)
     body = PortfolioOverviewResponse.model_validate(overview.json())
@@ -168,7 +174,7 @@ async def test_all_accounts_aggregates_weight_portfolios_by_equity(settings):
     assert {p.portfolio_id: p.weight for p in book.portfolios} == {first: 0.25, second: 0.75}
     assert book.calculation_date == as_of.isoformat()
     # market values as stored, to the cent (weights use them: issue 9)
-    values = {s: round(q * closes[s], 2) for s, (q, _) in BOOK.items()}
+    values = cent_values({s: q for s, (q, _) in BOOK.items()}, closes)
     # Both books hold the same positions: their dollar exposures add up over total equity.
     market = 2 * sum(BOOK[s][1]["market"] * values[s] for s in BOOK) / 400_000
     aggregate = AggregateBetaResponse.model_validate(beta.json())
@@ -207,7 +213,7 @@ async def test_spread_factors_and_beta_comparison(settings):
         betas = await client.get(f"/api/v1/analytics/portfolio/{pid}/beta-comparison",
                                  headers=headers)
     # market values as stored, to the cent (weights use them: issue 9)
-    values = {s: round(q * closes[s], 2) for s, (q, _) in BOOK.items()}
+    values = cent_values({s: q for s, (q, _) in BOOK.items()}, closes)
     body = SpreadFactorsResponse.model_validate(spreads.json())
     assert [f.name for f in body.factors] == ["Growth-Value Spread"]
     factor = body.factors[0]

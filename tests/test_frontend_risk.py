@@ -9,7 +9,7 @@ import pytest
 
 from services.status_api import frontend_models as m
 from services.status_api.snapshots import default_snapshot_maker
-from tests.test_api_helpers import api_client, token_for
+from tests.test_api_helpers import api_client, cent_values, token_for
 from tests.test_frontend_analytics import BOOK, create, seed_book
 
 EQUITIES = {"Main": 100_000.0, "IRA": 300_000.0}
@@ -64,7 +64,8 @@ async def test_risk_routes_and_their_all_accounts_view(settings):
     assert volatility.calculation_date == as_of.isoformat()
 
     # Concentration, against Σ w² of |value| / Σ |value| computed here.
-    values = np.array([q * closes[s] for s, (q, _) in BOOK.items()])
+    # as stored, to the cent
+    values = np.array(list(cent_values({s: q for s, (q, _) in BOOK.items()}, closes).values()))
     w = np.abs(values) / np.abs(values).sum()
     assert concentration.data is not None
     assert concentration.data.hhi == pytest.approx((w ** 2).sum() * 10_000, rel=1e-6)
