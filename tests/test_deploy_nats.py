@@ -356,3 +356,49 @@ def test_kubernetes_nats_statefulset_and_service_users() -> None:
     assert sorted(users.values()) == sorted(
         ["symbol_batch", "portfolio_refresh", "onboarding", "status_api", "cron"]
     )
+
+
+def test_keda_scaled_objects_watch_the_real_consumers() -> None:
+    """Each ScaledObject scales a Deployment of deploy/k8s on the pending count of a durable
+    that the composition root really declares, in the account and on the monitoring port
+    the shipped NATS serves: a renamed consumer or deployment breaks this test, not the
+    autoscaler in silence (KEDA would see a missing consumer as zero lag)."""
+    import yaml
+
+    keda = REPO / "deploy/k8s/keda"
+    kustomization = yaml.safe_load((keda / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["..", "scaledobjects.yaml"]
+    deployments = {
+        doc["metadata"]["name"]: doc
+        for doc in yaml.safe_load_all((REPO / "deploy/k8s/services.yaml").read_text())
+        if doc and doc["kind"] == "Deployment"
+    }
+    scaled = [d for d in yaml.safe_load_all((keda / "scaledobjects.yaml").read_text()) if d]
+    assert {d["spec"]["scaleTargetRef"]["name"] for d in scaled} == {
+        "portfolio-refresh", "onboarding"}
+    topology = bus.Topology("")
+    durables = {(topology.stream_for(r.message_type), r.durable): r for r in bootstrap.ROUTES}
+    nats_services = {
+        doc["metadata"]["name"]: doc
+        for doc in yaml.safe_load_all((NATS_DIR / "k8s.yaml").read_text())
+        if doc and doc["kind"] == "Service"
+    }
+    monitor_ports = {p["port"] for p in nats_services["nats-headless"]["spec"]["ports"]
+                     if p["name"] == "monitor"}
+    accounts = (NATS_DIR / "accounts.conf").read_text()
+    for doc in scaled:
+        assert doc["kind"] == "ScaledObject"
+        target = doc["spec"]["scaleTargetRef"]["name"]
+        assert target in deployments
+        # The service must keep one replica: its event consumers are not scaled on lag.
+        assert doc["spec"]["minReplicaCount"] >= 1
+        (trigger,) = doc["spec"]["triggers"]
+        meta = trigger["metadata"]
+        assert trigger["type"] == "nats-jetstream"
+        route = durables[(meta["stream"], meta["consumer"])]
+        assert route.message_type.is_command  # work-queue consumers, not events
+        assert route.service.replace("_", "-") == target
+        host, port = meta["natsServerMonitoringEndpoint"].rsplit(":", 1)
+        assert host.startswith("nats-headless.") and int(port) in monitor_ports
+        assert re.search(rf"^\s*{meta['account']}\s*{{", accounts, re.MULTILINE)
+        assert int(meta["lagThreshold"]) > 0
