@@ -1,7 +1,7 @@
 """The whole nightly cycle through the real services as processes, at production size.
 
     .venv/bin/python -m bench.bench_cycle [--symbols 5000] [--portfolios 10000]
-        [--positions 25] [--dates 5] [--replicas 2]
+        [--positions 25] [--dates 5] [--replicas 2 | --replicas 1,2,4]
 
 Setup: a fresh database on DATABASE_URL's server (else an embedded PostgreSQL) and NATS
 (NATS_URL, else embedded), migrated; symbol_batch, onboarding and ``--replicas``
@@ -21,6 +21,11 @@ belongs to one date), and per date:
 - rows written that date (snapshots, position snapshots, exposures, analytics, prices, betas);
 - peak RSS per service process (psutil, sampled every 0.2 s);
 - database size growth (pg_database_size).
+
+With a list of replica counts (``--replicas 1,2,4``) the dates take the counts in turn (the
+refresh replicas are started or stopped before each date's trigger), and a line per count
+gives its refresh throughput (portfolios per second), so 1 vs 2 vs 4 replicas are compared on
+the same data set in one run.
 
 The last line compares with the goals of issue 13: cycle ≤ 60 s, hand-off < 1 s, every
 service ≤ 1 GiB RSS.
@@ -89,6 +94,7 @@ class DateFigures:
     rows: dict[str, int]
     rss: dict[str, int]
     db_growth: int
+    replicas: int = 0
 
 
 class RssSampler:
@@ -104,7 +110,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            for label, service in self.processes.items():
+            for label, service in list(self.processes.items()):
                 if service.process is None:
                     continue
                 with contextlib.suppress(psutil.Error):
@@ -126,19 +132,34 @@ class RssSampler:
         self._thread.join(timeout=5)
 
 
+def refresh_label(replica: int) -> str:
+    return f"portfolio_refresh[{replica}]"
+
+
 @contextlib.contextmanager
 def services(env: dict[str, str], replicas: int) -> Iterator[dict[str, ServiceProcess]]:
     started: dict[str, ServiceProcess] = {}
     try:
-        plan = [("symbol_batch", 0), ("onboarding", 0)]
-        plan += [("portfolio_refresh", r) for r in range(replicas)]
-        for name, replica in plan:
-            label = f"{name}[{replica}]" if name == "portfolio_refresh" else name
-            started[label] = ServiceProcess(name, env, replica=replica).start(timeout=120)
+        for name in ("symbol_batch", "onboarding"):
+            started[name] = ServiceProcess(name, env).start(timeout=120)
+        scale_refresh(started, env, replicas)
         yield started
     finally:
         for service in started.values():
             service.kill()
+
+
+def scale_refresh(processes: dict[str, ServiceProcess], env: dict[str, str],
+                  replicas: int) -> None:
+    """Start or stop portfolio_refresh replicas until exactly ``replicas`` run (a stopped one
+    gets SIGTERM: it finishes or hands back what it holds)."""
+    running = sorted(int(k.split("[")[1][:-1]) for k in processes if k.startswith(
+        "portfolio_refresh["))
+    for replica in running[replicas:]:
+        processes.pop(refresh_label(replica)).terminate()
+    for replica in range(len(running), replicas):
+        processes[refresh_label(replica)] = ServiceProcess(
+            "portfolio_refresh", env, replica=replica).start(timeout=120)
 
 
 @contextlib.asynccontextmanager
@@ -252,7 +273,7 @@ def print_date(f: DateFigures) -> None:
     rows = " ".join(f"{k}={f.rows[k]}" for k in big)
     rss = " ".join(f"{k}={v / MIB:.0f}MiB" for k, v in sorted(f.rss.items()))
     print(f"date {f.day}: symbol phases {phases}")
-    print(f"  hand-off {f.handoff_s:.3f} s | refresh {f.refresh_s:.2f} s | cycle {f.cycle_s:.2f} s"
+    print(f"  {f.replicas} portfolio_refresh replica(s) | hand-off {f.handoff_s:.3f} s | refresh {f.refresh_s:.2f} s | cycle {f.cycle_s:.2f} s"
           f" | snapshots {f.snapshots}")
     print(f"  rows written {sum(f.rows.values())} ({rows}) | db growth "
           f"{f.db_growth / MIB:.1f} MiB")
@@ -271,7 +292,18 @@ def summary(figures: list[DateFigures], load_rss: dict[str, int]) -> str:
     def verdict(ok: bool) -> str:
         return "MET" if ok else "MISSED"
 
-    return (f"summary: cycle max {cycle:.2f} s (goal <= {GOAL_CYCLE_S:.0f} s: "
+    per_count = ""
+    counts = sorted({f.replicas for f in figures})
+    if len(counts) > 1:
+        lines = []
+        for count in counts:
+            mine = [f for f in figures if f.replicas == count]
+            rate = sum(f.snapshots for f in mine) / sum(f.refresh_s for f in mine)
+            lines.append(f"  {count} replica(s): refresh {min(f.refresh_s for f in mine):.2f}-"
+                         f"{max(f.refresh_s for f in mine):.2f} s, {rate:.0f} portfolios/s "
+                         f"over {len(mine)} date(s)")
+        per_count = "replicas:\n" + "\n".join(lines) + "\n"
+    return (per_count + f"summary: cycle max {cycle:.2f} s (goal <= {GOAL_CYCLE_S:.0f} s: "
             f"{verdict(cycle <= GOAL_CYCLE_S)}), hand-off max {handoff:.3f} s (goal < "
             f"{GOAL_HANDOFF_S:.0f} s: {verdict(handoff < GOAL_HANDOFF_S)}), peak RSS "
             f"{peaks[worst] / MIB:.0f} MiB {worst} (goal <= 1024 MiB: "
@@ -280,6 +312,9 @@ def summary(figures: list[DateFigures], load_rss: dict[str, int]) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
+    plan = [int(n) for n in str(args.replicas).split(",")]
+    if not plan or min(plan) < 1:
+        raise SystemExit("--replicas takes counts >= 1, e.g. 2 or 1,2,4")
     synthetic = args.symbols - len(FACTOR_ETFS)
     if synthetic < 3:
         raise SystemExit(f"--symbols must be at least {len(FACTOR_ETFS) + 3}")
@@ -302,11 +337,11 @@ async def main(args: argparse.Namespace) -> None:
             # Onboarding makes each first snapshot on its own (one message per portfolio).
             setup_timeout = 120.0 + 2.0 * args.portfolios
             try:
-                with services(env, args.replicas) as processes, RssSampler(processes) as sampler:
+                with services(env, plan[0]) as processes, RssSampler(processes) as sampler:
                     print(f"bench_cycle: {args.symbols} symbols ({synthetic} synthetic), "
                           f"{args.portfolios} portfolios x {args.positions} positions, "
                           f"{args.dates} date(s) {dates[0]}..{dates[-1]}, "
-                          f"{args.replicas} portfolio_refresh replica(s)", flush=True)
+                          f"portfolio_refresh replicas {args.replicas}", flush=True)
                     started = time.perf_counter()
                     await ctx.publish(BatchNightlyRequested(target_date=setup_day,
                                                             requested_by="bench_cycle"))
@@ -344,9 +379,12 @@ async def main(args: argparse.Namespace) -> None:
                           f"case in {loaded.seconds:.1f} s, onboarded (first snapshots on "
                           f"{setup_day}) after {time.perf_counter() - started:.1f} s", flush=True)
                     figures = []
-                    for day in dates:
+                    for i, day in enumerate(dates):
+                        replicas = plan[i % len(plan)]
+                        scale_refresh(processes, env, replicas)
                         f = await one_date(url, ctx, day, args.portfolios, processes, sampler,
                                            timeout)
+                        f.replicas = replicas
                         print_date(f)
                         figures.append(f)
                     print(summary(figures, load_rss), flush=True)
@@ -363,7 +401,8 @@ if __name__ == "__main__":
     parser.add_argument("--portfolios", type=int, default=10000)
     parser.add_argument("--positions", type=int, default=25)
     parser.add_argument("--dates", type=int, default=5)
-    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--replicas", default="2",
+                        help="portfolio_refresh replicas; a list (1,2,4) takes turns by date")
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--database-url", help="use this (empty or migrated) database and keep it")
     parser.add_argument("--bus-prefix", help="use this bus prefix and keep its streams")
