@@ -588,3 +588,42 @@ async def test_refresh_jobs_report_portfolios_done_of_total(ctx: ServiceContext,
     ]
     assert [p["name"] for p in json.loads(rows[1]["phases"])] == ["refresh"]
     assert await complete_count(database_url, DAYS[0]) == 3
+
+
+async def test_first_snapshots_requested_together_are_made_together_each_once(
+    ctx: ServiceContext, database_url: str, refresh_env: dict[str, str]
+) -> None:
+    """20 onboardings asking for their first snapshot at once (as a burst of uploads does):
+    the service gathers them into a few refreshes instead of 20, each portfolio gets exactly
+    one snapshot, each request keeps its own completed job, and the rows equal those made
+    one portfolio at a time by the library (the pre-gathering path)."""
+    ids = await seed_synthetic(database_url, 20)
+    day = DAYS[1]
+
+    async def requests_done() -> bool:
+        rows = await fetch(database_url, "SELECT count(*) AS n FROM batch_run_history WHERE "
+                                         "job_type = 'portfolio_refresh_request' AND "
+                                         "status = 'completed'")
+        return rows[0]["n"] == len(ids)
+
+    with ServiceProcess("portfolio_refresh", refresh_env):
+        await asyncio.gather(*(ctx.publish(PortfolioRefreshRequested(
+            portfolio_id=p, as_of=day, reason="first snapshot")) for p in ids))
+        await wait_for(requests_done, timeout=120)
+    rows = await fetch(database_url, "SELECT portfolio_id, count(*) AS n FROM portfolio_snapshots "
+                                     "WHERE is_complete GROUP BY portfolio_id")
+    assert len(rows) == len(ids) and all(r["n"] == 1 for r in rows)
+    jobs = await fetch(database_url, "SELECT job_key, result FROM batch_run_history "
+                                     "WHERE job_type = 'portfolio_refresh_request'")
+    assert sorted(j["job_key"] for j in jobs) == sorted(f"{p}:{day}" for p in ids)
+    # Each job shows the refresh it was part of: far fewer refreshes than requests.
+    sizes = [json.loads(j["result"])["snapshots"][day.isoformat()] for j in jobs]
+    refreshes = sum(1 / s for s in sizes)
+    assert max(sizes) > 1 and refreshes <= len(ids) / 4, sizes
+    gathered = await table_digest(database_url)
+
+    await clear_outputs(database_url)
+    params = pnl.PricingParams(risk_free_rate=ctx.settings.risk_free_rate)
+    for p in ids:
+        await refresh_portfolios(database_url, day, [p], params, explicit=True)
+    assert await table_digest(database_url) == gathered

@@ -88,7 +88,7 @@ ROUTES: tuple[Route, ...] = (
     Route(SymbolOnboardRequested, "onboarding", "onboarding-worker", "symbol_onboard",
           concurrency=4, job_key=onboard_job_key),
     Route(PortfolioRefreshRequested, "portfolio_refresh", "portfolio-refresh-request",
-          "portfolio_refresh_request", concurrency=2, job_key=refresh_request_job_key),
+          "portfolio_refresh_request", concurrency=2, batch=32, job_key=refresh_request_job_key),
     Route(PortfolioRefreshChunkRequested, "portfolio_refresh", "portfolio-refresh-chunk",
           "portfolio_refresh_chunk", job_key=refresh_chunk_job_key),
     # events: any number of consumers, each its own durable

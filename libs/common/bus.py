@@ -527,7 +527,10 @@ async def consume(
 ) -> None:
     """Pull, handle and settle messages until `stop` is set.
 
-    The message in hand is finished before the loop returns (graceful SIGTERM).
+    A fetch of `batch` > 1 messages is handled concurrently (each message still settled on
+    its own): a handler that gathers work across messages (portfolio_refresh's first
+    snapshots) sees them together. The messages in hand are finished before the loop
+    returns (graceful SIGTERM).
     """
     await ensure_consumer(js, topology, spec)
     stream = topology.stream_for(spec.message_type)
@@ -542,11 +545,15 @@ async def consume(
                 await asyncio.sleep(0.5)
                 continue
             except Exception as exc:  # reconnecting, consumer being recreated, ...
-                log.warning("fetch from %s failed: %s", spec.durable, exc)
+                log.warning("fetch from %s failed: %r", spec.durable, exc)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in messages:
-                await process_message(msg, spec, handler, dead_letter)
+            if len(messages) == 1:
+                await process_message(messages[0], spec, handler, dead_letter)
+            else:
+                await asyncio.gather(
+                    *(process_message(msg, spec, handler, dead_letter) for msg in messages)
+                )
     finally:
         with contextlib.suppress(Exception):
             await subscription.unsubscribe()

@@ -52,6 +52,7 @@ import uuid
 from collections.abc import Sequence
 
 from libs.common import pnl
+from libs.common.bootstrap import ROUTES
 from libs.common.bootstrap import refresh_chunk_job_key as chunk_key
 from libs.common.bootstrap import refresh_plan_job_key as plan_key
 from libs.common.bus import Delivery, PermanentError, TransientError
@@ -73,6 +74,7 @@ from libs.common.snapshots.refresh import (
     refresh_portfolios,
     restate_portfolios,
 )
+from services.portfolio_refresh.first_snapshots import WINDOW_SECONDS, FirstSnapshotGatherer
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,18 @@ class RefreshHandlers:
         self.ctx = ctx
         self.params = pnl.PricingParams(risk_free_rate=ctx.settings.risk_free_rate)
         self.chunk_size = ctx.settings.refresh_chunk_size
+        fetched = next(r.batch for r in ROUTES if r.message_type is PortfolioRefreshRequested)
+        self.first_snapshots = FirstSnapshotGatherer(
+            self._refresh_explicit, max_size=fetched, window=WINDOW_SECONDS
+        )
+
+    async def _refresh_explicit(
+        self, day: dt.date, portfolio_ids: Sequence[uuid.UUID]
+    ) -> list[DateOutcome]:
+        return await refresh_portfolios(
+            self.ctx.database_url, day, portfolio_ids, self.params,
+            explicit=True, max_backfill=self.ctx.settings.max_backfill_days,
+        )
 
     async def on_symbol_batch_completed(self, event: SymbolBatchCompleted, _: Delivery) -> None:
         day = event.batch_date
@@ -196,9 +210,13 @@ class RefreshHandlers:
     ) -> None:
         async with session_scope(self.ctx.database_url) as session:
             conn = await raw_connection(session)
-            exists = await conn.fetchval(
-                "SELECT count(*) FROM portfolios WHERE id = $1", command.portfolio_id
+            found = await conn.fetchrow(
+                "SELECT EXISTS (SELECT 1 FROM portfolio_snapshots s WHERE s.portfolio_id = p.id "
+                "AND s.is_complete) AS has_snapshot FROM portfolios p WHERE p.id = $1",
+                command.portfolio_id,
             )
+            exists = found is not None
+            first = exists and not found["has_snapshot"]
             day = command.as_of or await repo.latest_price_date(conn, command.portfolio_id)
         if not exists:
             raise PermanentError(f"portfolio {command.portfolio_id} does not exist")
@@ -212,11 +230,12 @@ class RefreshHandlers:
                 JOB_REQUEST, key, correlation_id=command.correlation_id
             ) as job:
                 await self.ctx.jobs.phase(job, "refresh", total=1, unit="portfolios")
-                outcomes = await refresh_portfolios(
-                    self.ctx.database_url, day, [command.portfolio_id], self.params,
-                    explicit=True, max_backfill=self.ctx.settings.max_backfill_days,
-                )
-                failed = failures_of(outcomes)
+                if first:  # gathered with the other first snapshots of the moment
+                    outcomes = await self.first_snapshots.snapshot(day, command.portfolio_id)
+                else:
+                    outcomes = await self._refresh_explicit(day, [command.portfolio_id])
+                mine = str(command.portfolio_id)
+                failed = {k: v for k, v in failures_of(outcomes).items() if k == mine}
                 retry = PortfolioRefreshRequested(
                     portfolio_id=command.portfolio_id, as_of=day, reason="retry"
                 )
@@ -226,6 +245,8 @@ class RefreshHandlers:
                     error="; ".join(failed.values()) if failed else None,
                     result={
                         "reason": command.reason,
+                        # made by the refresh this request was part of (first snapshots
+                        # gathered together share one)
                         "snapshots": {o.day.isoformat(): o.snapshots for o in outcomes},
                         # what `sigmabatch jobs retry` re-publishes
                         **(
