@@ -71,6 +71,7 @@ from libs.common.snapshots.refresh import (
     JOB_REQUEST,
     DateOutcome,
     refresh_portfolios,
+    request_job_key,
     restate_portfolios,
 )
 
@@ -204,7 +205,7 @@ class RefreshHandlers:
             raise PermanentError(f"portfolio {command.portfolio_id} does not exist")
         if day is None:
             raise TransientError(f"no price date yet for portfolio {command.portfolio_id}")
-        key = f"{command.portfolio_id}:{day.isoformat()}"
+        key = request_job_key(command.portfolio_id, day)
         if delivery is not None:  # a direct call (tests) has no delivery
             delivery.job_key = key
         try:

@@ -38,6 +38,31 @@ JOB_PLAN = "portfolio_refresh"
 JOB_CHUNK = "portfolio_refresh_chunk"
 JOB_REQUEST = "portfolio_refresh_request"
 
+# A failed `portfolio_refresh_request` (dead letter or isolated portfolio) is keyed
+# `<portfolio>:<date>`, the handler's job key. Dead letters recorded before dead letters were
+# keyed by job carry the request's message id instead, `refresh:<portfolio>:<date>`: readers
+# look under both (the one rule for it, in Python and in SQL, is here).
+LEGACY_REQUEST_KEY_PREFIX = "refresh:"
+
+
+def request_job_key(portfolio_id: uuid.UUID, day: dt.date) -> str:
+    """The job key of a refresh request for one (portfolio, date)."""
+    return f"{portfolio_id}:{day.isoformat()}"
+
+
+def request_job_keys(portfolio_id: uuid.UUID, day: dt.date) -> list[str]:
+    """Every key a refresh request of (portfolio, date) may be recorded under: the job key,
+    then the legacy message-id key."""
+    key = request_job_key(portfolio_id, day)
+    return [key, LEGACY_REQUEST_KEY_PREFIX + key]
+
+
+def request_job_keys_sql(portfolio: str, day: str) -> str:
+    """`request_job_keys` as SQL: two comma-separated expressions over the SQL expressions
+    `portfolio` (uuid) and `day` (date, which the server renders ISO), for `job_key IN (...)`."""
+    key = f"{portfolio} || ':' || {day}"
+    return f"{key}, '{LEGACY_REQUEST_KEY_PREFIX}' || {key}"
+
 
 @dataclass(frozen=True)
 class DateOutcome:
@@ -227,7 +252,7 @@ async def record_portfolio_failure(
         )
     request = PortfolioRefreshRequested(portfolio_id=portfolio_id, as_of=day, reason="retry")
     await record_failed_job(
-        database_url, JOB_REQUEST, f"{portfolio_id}:{day.isoformat()}", reason,
+        database_url, JOB_REQUEST, request_job_key(portfolio_id, day), reason,
         subject=request.subject, payload=request.model_dump_json().encode(),
     )
 
