@@ -70,9 +70,9 @@ from libs.common.snapshots.refresh import (
     JOB_PLAN,
     JOB_REQUEST,
     DateOutcome,
-    refresh_portfolios,
+    SnapshotRefresh,
+    SqlSlotStore,
     request_job_key,
-    restate_portfolios,
 )
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class RefreshHandlers:
         self.ctx = ctx
         self.params = pnl.PricingParams(risk_free_rate=ctx.settings.risk_free_rate)
         self.chunk_size = ctx.settings.refresh_chunk_size
+        self.refresh = SnapshotRefresh(SqlSlotStore(ctx.database_url))
 
     async def on_symbol_batch_completed(self, event: SymbolBatchCompleted, _: Delivery) -> None:
         day = event.batch_date
@@ -161,15 +162,15 @@ class RefreshHandlers:
             ) as job:
                 await self.ctx.jobs.phase(
                     job, "refresh", total=len(command.portfolio_ids), unit="portfolios")
-                outcomes = await refresh_portfolios(
-                    self.ctx.database_url, day, command.portfolio_ids, self.params,
+                outcomes = await self.refresh.refresh_portfolios(
+                    day, command.portfolio_ids, self.params,
                     max_backfill=self.ctx.settings.max_backfill_days,
                     restate_degraded_before=command.planned_at or dt.datetime.now(dt.UTC),
                 )
                 if command.restate_run:
                     # After the catch-up of those that lacked the date: restate the others.
-                    outcomes += await restate_portfolios(
-                        self.ctx.database_url, day, command.portfolio_ids, self.params
+                    outcomes += await self.refresh.restate_portfolios(
+                        day, command.portfolio_ids, self.params
                     )
                 failed = failures_of(outcomes)
                 await self.ctx.jobs.finish(
@@ -213,8 +214,8 @@ class RefreshHandlers:
                 JOB_REQUEST, key, correlation_id=command.correlation_id
             ) as job:
                 await self.ctx.jobs.phase(job, "refresh", total=1, unit="portfolios")
-                outcomes = await refresh_portfolios(
-                    self.ctx.database_url, day, [command.portfolio_id], self.params,
+                outcomes = await self.refresh.refresh_portfolios(
+                    day, [command.portfolio_id], self.params,
                     explicit=True, max_backfill=self.ctx.settings.max_backfill_days,
                 )
                 failed = failures_of(outcomes)
