@@ -1,4 +1,5 @@
-"""symbol_batch's decisions on in-memory ports (no PostgreSQL, no NATS; well under a second).
+"""symbol_batch's decisions on in-memory ports (no PostgreSQL, no NATS; about a second a test,
+mostly the offline sample provider and the factor regressions).
 
 `tests/test_symbol_batch.py` runs the same `SymbolBatch` on the real servers (the SQL, the
 advisory lock, redelivery after a kill); here a fake repository holds `symbol_batch_dates`
@@ -277,8 +278,11 @@ async def test_holes_are_backfilled_oldest_first_within_the_per_run_cap() -> Non
     await h.trigger(D(2025, 11, 26))
     # Thursday 20, Friday 21 (weekend skipped), Monday 24: no further than the cap
     assert h.world.betas_written == [D(2025, 11, 18), D(2025, 11, 20), D(2025, 11, 21)]
+    assert sum(e.startswith("publish") for e in h.world.journal) == 3  # one per date
     # the next trigger of the same night carries on where the cap stopped
     await h.trigger(D(2025, 11, 26))
+    # it announces every date of its key again (a resumed run must), the bus keeps one each
+    assert sum(e.startswith("publish") for e in h.world.journal) == 3 + 6
     assert h.world.betas_written[3:] == [D(2025, 11, 24), D(2025, 11, 25), D(2025, 11, 26)]
     assert [r[2] for r in h.runs()] == [["2025-11-18", "2025-11-20", "2025-11-21"],
                                        ["2025-11-24", "2025-11-25", "2025-11-26"]]
@@ -398,3 +402,19 @@ async def test_a_provider_crash_fails_the_job_and_announces_nothing() -> None:
     await h.trigger(D(2025, 11, 24))
     assert [j.status for j in h.world.jobs.values()] == [FAILED, COMPLETED]
     assert h.announced() == [(D(2025, 11, 24), False)]
+
+
+async def test_a_rerun_and_the_nightly_runs_around_it_do_not_redo_each_other() -> None:
+    h = Harness()
+    h.provider.failing = {"MSFT"}
+    await h.trigger(D(2025, 11, 24))  # partial
+    h.provider.failing = set()
+    await h.trigger(D(2025, 11, 24), rerun=True, rerun_token="t")  # an operator redoes it
+    rerun_id = h.world.dates[D(2025, 11, 24)].run_id
+    assert h.world.dates[D(2025, 11, 24)].status == COMPLETED
+    await h.trigger(D(2025, 11, 24))  # the night's own trigger again: already ran
+    await h.trigger(D(2025, 11, 25))  # the next night: 11-24 is no longer partial
+    assert h.world.betas_written == [D(2025, 11, 24), D(2025, 11, 24), D(2025, 11, 25)]
+    assert h.world.dates[D(2025, 11, 24)].run_id == rerun_id
+    assert h.announced() == [(D(2025, 11, 24), False), (D(2025, 11, 24), True),
+                             (D(2025, 11, 25), False)]
