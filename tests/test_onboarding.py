@@ -331,6 +331,25 @@ async def test_dead_lettered_first_snapshot_fails_the_onboarding(settings, ctx):
     assert status["activity_log"][-1]["level"] == "error"
 
 
+async def test_a_dead_letter_under_the_legacy_message_id_key_fails_the_onboarding(settings, ctx):
+    """Dead letters recorded before they were keyed by job carry the request's message id,
+    `refresh:<portfolio>:<date>`; the coordinator finds those too."""
+    headers = await token_for(settings.database_url, "alice")
+    as_of = await seed_known_symbols(settings.database_url, ["AAPL"], days=10)
+    async with api_client(settings) as client:
+        created = await client.post(UPLOAD, headers=headers, files={"file": (
+            "p.csv", csv_bytes(*stock_rows(["AAPL"])))}, data={"name": "doomed"})
+    pid = created.json()["portfolio_id"]
+    request = PortfolioRefreshRequested(portfolio_id=uuid.UUID(pid), as_of=as_of)
+    assert request.message_id() == f"refresh:{pid}:{as_of.isoformat()}"
+    await ctx.jobs.record_dead_letter(JOB_REQUEST, f"refresh:{pid}:{as_of.isoformat()}",
+                                      "ValueError: no prices",
+                                      request.model_dump_json().encode(), 3)
+    coordinator = OnboardingCoordinator(sql_unit_of_work(settings.database_url), ctx.publish)
+    assert await coordinator.record_outcomes() == 1
+    assert await onboarding_row_status(settings.database_url, pid) == "failed"
+
+
 async def onboarding_row_status(database_url: str, portfolio_id: str) -> str:
     async with session_scope(database_url) as session:
         return (await session.execute(text(

@@ -185,7 +185,7 @@ async def test_first_run_processes_the_target_date_only(ctx, settings):
     await seed_universe(url, UNIVERSE)
     await seed_universe(url, ["KHC"], active=False)
     provider = RecordingProvider()
-    async with consumers(ctx, SymbolBatch(ctx, provider)):
+    async with consumers(ctx, SymbolBatch.from_context(ctx, provider)):
         await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 26)))
         await wait_for(lambda: batch_dates(url), what="first batch date")
         await wait_for(lambda: completed_events(ctx), what="event")
@@ -233,7 +233,7 @@ async def test_missed_nights_are_backfilled_once_skipping_weekends_and_holidays(
     await set_watermark(url, D(2025, 11, 25))
     provider = RecordingProvider()
     expected = [D(2025, 11, 26), D(2025, 11, 28), D(2025, 12, 1)]  # Thanksgiving, weekend
-    async with consumers(ctx, SymbolBatch(ctx, provider)):
+    async with consumers(ctx, SymbolBatch.from_context(ctx, provider)):
         await ctx.publish(BatchNightlyRequested(target_date=D(2025, 12, 1)))
         await wait_for(lambda: _has_events(ctx, 3), what="three events")
         # The same trigger again (another cron host: dropped by Nats-Msg-Id), and a distinct
@@ -266,7 +266,7 @@ async def test_one_failing_symbol_makes_the_run_partial_with_its_reason(ctx, set
     url = settings.database_url
     await seed_universe(url, [*UNIVERSE, "HZNP"])  # acquired in 2023: no bars in 2025
     await set_watermark(url, D(2025, 11, 26))
-    async with consumers(ctx, SymbolBatch(ctx, SampleProvider())):
+    async with consumers(ctx, SymbolBatch.from_context(ctx, SampleProvider())):
         await ctx.publish(BatchNightlyRequested(target_date=D(2025, 12, 1)))
         await wait_for(lambda: _has_events(ctx, 2), what="two events")
     dates = await batch_dates(url)
@@ -292,7 +292,8 @@ async def test_two_replicas_and_two_triggers_for_one_night_make_one_run(ctx, set
     await seed_universe(url, UNIVERSE)
     await set_watermark(url, D(2025, 11, 20))
     a, b = RecordingProvider(), RecordingProvider()
-    async with consumers(ctx, SymbolBatch(ctx, a), SymbolBatch(ctx, b)):
+    async with consumers(ctx, SymbolBatch.from_context(ctx, a),
+                         SymbolBatch.from_context(ctx, b)):
         await asyncio.gather(
             ctx.publish(
                 BatchNightlyRequested(
@@ -435,7 +436,7 @@ async def test_rerun_refetches_the_date_and_announces_a_restatement(ctx, setting
     await seed_universe(url, UNIVERSE)
     await set_watermark(url, D(2025, 11, 25))
     provider = RecordingProvider()
-    async with consumers(ctx, SymbolBatch(ctx, provider)):
+    async with consumers(ctx, SymbolBatch.from_context(ctx, provider)):
         await ctx.publish(BatchNightlyRequested(target_date=D(2025, 12, 1)))
         await wait_for(lambda: _has_events(ctx, 3), what="three events")
         first = {r["batch_date"]: r["run_id"] for r in await batch_dates(url)}
@@ -460,7 +461,7 @@ async def test_partial_date_is_retried_by_the_next_night_and_restated(ctx, setti
     await seed_universe(url, UNIVERSE)
     await set_watermark(url, D(2025, 11, 26))
     provider = FlakyProvider("MSFT")
-    async with consumers(ctx, SymbolBatch(ctx, provider)):
+    async with consumers(ctx, SymbolBatch.from_context(ctx, provider)):
         await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 28)))
         await wait_for(lambda: _has_events(ctx, 1), what="the first night")
         assert [(r["batch_date"], r["status"]) for r in await batch_dates(url)][-1] == (
@@ -486,7 +487,7 @@ async def test_sessions_beyond_the_cap_are_caught_up_oldest_first(ctx, settings)
     await seed_universe(url, UNIVERSE)
     await set_watermark(url, D(2025, 11, 20))
     ctx.settings.max_backfill_days = 2
-    async with consumers(ctx, SymbolBatch(ctx, SampleProvider())):
+    async with consumers(ctx, SymbolBatch.from_context(ctx, SampleProvider())):
         await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 28)))
         await wait_for(lambda: _has_events(ctx, 2), what="the first run")
         await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 28), rerun_token="n2"))
@@ -503,7 +504,7 @@ async def test_sample_universe_adds_synthetic_tickers_priced_and_betaed(ctx, set
     settings.sample_universe = 50  # the ctx fixture shares this object
     await seed_universe(url, ["AAPL"])
     synthetic = [f"SY{i:04d}" for i in range(1, 51)]
-    async with consumers(ctx, SymbolBatch(ctx, RecordingProvider())):
+    async with consumers(ctx, SymbolBatch.from_context(ctx, RecordingProvider())):
         await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 26)))
         await wait_for(lambda: completed_events(ctx), what="event")
         await ctx.publish(BatchNightlyRequested(target_date=D(2025, 11, 26), rerun_token="again"))

@@ -432,6 +432,9 @@ class Delivery:
 
 DeadLetterSink = Callable[[ConsumerSpec[Any], str, bytes, str, int], Awaitable[None]]
 Handler = Callable[[M, Delivery], Awaitable[None]]
+# What a use case publishes with: a process's bus connection (`ServiceContext.publish`) or a
+# unit test's recorder; True when the bus stored the message (False: a duplicate it dropped).
+Publish = Callable[[Message], Awaitable[bool]]
 
 
 async def _heartbeat(msg: Msg, interval: float) -> None:

@@ -19,8 +19,9 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -153,6 +154,24 @@ class Job:
     job_key: str
     attempts: int
     reclaimed: bool
+
+
+class JobRunner(Protocol):
+    """What a use case needs of the job tracker (`JobTracker` is the PostgreSQL one; unit
+    tests pass an in-memory fake with the same rules: `run` finishes the job failed when its
+    body raises, completed when the body returns without finishing it)."""
+
+    def run(self, job_type: str, job_key: str, *, correlation_id: str | None = None,
+            phases: Sequence[str] = (), heartbeat_seconds: float = 10.0,
+            ) -> AbstractAsyncContextManager[Job]: ...
+
+    async def phase(self, job: Job, name: str, *, total: int = 0, unit: str | None = None,
+                    current: int = 0) -> None: ...
+
+    async def progress(self, job: Job, current: int, total: int | None = None) -> None: ...
+
+    async def finish(self, job: Job, status: str = COMPLETED, *,
+                     result: dict[str, Any] | None = None, error: str | None = None) -> None: ...
 
 
 class JobTracker:

@@ -82,19 +82,21 @@ class SqlOnboardingRepository:
         return await store.fail_dead_snapshot_onboardings(self.session, refresh_job_type)
 
 
-class SqlUnitOfWork:
-    """One `session_scope` transaction with the SQL repositories over its session."""
-
-    onboarding: OnboardingRepository
+class SessionUnitOfWork:
+    """The SQL unit of work's mechanics: one `session_scope` transaction (commit on a normal
+    exit, rollback on an exception); a subclass binds its repositories to the session in
+    `_bind`. Services with repositories of their own (symbol_batch) subclass it."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self._scope: AbstractAsyncContextManager[AsyncSession] | None = None
 
+    def _bind(self, session: AsyncSession) -> None:
+        raise NotImplementedError
+
     async def __aenter__(self) -> Self:
         self._scope = session_scope(self.database_url)
-        session = await self._scope.__aenter__()
-        self.onboarding = SqlOnboardingRepository(session)
+        self._bind(await self._scope.__aenter__())
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -102,6 +104,15 @@ class SqlUnitOfWork:
         assert self._scope is not None
         scope, self._scope = self._scope, None
         await scope.__aexit__(exc_type, exc, tb)
+
+
+class SqlUnitOfWork(SessionUnitOfWork):
+    """One `session_scope` transaction with the SQL repositories over its session."""
+
+    onboarding: OnboardingRepository
+
+    def _bind(self, session: AsyncSession) -> None:
+        self.onboarding = SqlOnboardingRepository(session)
 
 
 def sql_unit_of_work(database_url: str) -> UnitOfWorkFactory:

@@ -71,8 +71,9 @@ from libs.common.snapshots.refresh import (
     JOB_PLAN,
     JOB_REQUEST,
     DateOutcome,
-    refresh_portfolios,
-    restate_portfolios,
+    SnapshotRefresh,
+    SqlSlotStore,
+    request_job_key,
 )
 from services.portfolio_refresh.first_snapshots import WINDOW_SECONDS, FirstSnapshotGatherer
 
@@ -105,6 +106,7 @@ class RefreshHandlers:
         self.ctx = ctx
         self.params = pnl.PricingParams(risk_free_rate=ctx.settings.risk_free_rate)
         self.chunk_size = ctx.settings.refresh_chunk_size
+        self.refresh = SnapshotRefresh(SqlSlotStore(ctx.database_url))
         fetched = next(r.batch for r in ROUTES if r.message_type is PortfolioRefreshRequested)
         self.first_snapshots = FirstSnapshotGatherer(
             self._refresh_explicit, max_size=fetched, window=WINDOW_SECONDS
@@ -113,8 +115,8 @@ class RefreshHandlers:
     async def _refresh_explicit(
         self, day: dt.date, portfolio_ids: Sequence[uuid.UUID]
     ) -> list[DateOutcome]:
-        return await refresh_portfolios(
-            self.ctx.database_url, day, portfolio_ids, self.params,
+        return await self.refresh.refresh_portfolios(
+            day, portfolio_ids, self.params,
             explicit=True, max_backfill=self.ctx.settings.max_backfill_days,
         )
 
@@ -174,15 +176,15 @@ class RefreshHandlers:
             ) as job:
                 await self.ctx.jobs.phase(
                     job, "refresh", total=len(command.portfolio_ids), unit="portfolios")
-                outcomes = await refresh_portfolios(
-                    self.ctx.database_url, day, command.portfolio_ids, self.params,
+                outcomes = await self.refresh.refresh_portfolios(
+                    day, command.portfolio_ids, self.params,
                     max_backfill=self.ctx.settings.max_backfill_days,
                     restate_degraded_before=command.planned_at or dt.datetime.now(dt.UTC),
                 )
                 if command.restate_run:
                     # After the catch-up of those that lacked the date: restate the others.
-                    outcomes += await restate_portfolios(
-                        self.ctx.database_url, day, command.portfolio_ids, self.params
+                    outcomes += await self.refresh.restate_portfolios(
+                        day, command.portfolio_ids, self.params
                     )
                 failed = failures_of(outcomes)
                 await self.ctx.jobs.finish(
@@ -222,7 +224,7 @@ class RefreshHandlers:
             raise PermanentError(f"portfolio {command.portfolio_id} does not exist")
         if day is None:
             raise TransientError(f"no price date yet for portfolio {command.portfolio_id}")
-        key = f"{command.portfolio_id}:{day.isoformat()}"
+        key = request_job_key(command.portfolio_id, day)
         if delivery is not None:  # a direct call (tests) has no delivery
             delivery.job_key = key
         try:

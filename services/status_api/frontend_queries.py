@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.common.domain.statuses import JobStatus
 from libs.common.snapshots.refresh import JOB_REQUEST as REFRESH_REQUEST_JOB
+from libs.common.snapshots.refresh import request_job_keys
 
 MAX_LOG_LINES = 5000
 
@@ -98,10 +99,9 @@ async def run_status(session: AsyncSession, portfolio_id: uuid.UUID,
                 ORDER BY started_at DESC LIMIT 1) j ON true
             """
         ),
-        # The running job's key, and the message id a dead letter may be recorded under.
+        # The running job's key, and the legacy key a dead letter may be recorded under.
         {"p": portfolio_id, "d": day, "job_type": REFRESH_REQUEST_JOB,
-         "keys": [] if day is None else [f"{portfolio_id}:{day.isoformat()}",
-                                         f"refresh:{portfolio_id}:{day.isoformat()}"]},
+         "keys": [] if day is None else request_job_keys(portfolio_id, day)},
     )).mappings().one()
     if row["done"] or row["job_status"] in (JobStatus.COMPLETED, JobStatus.PARTIAL):
         status = JobStatus.COMPLETED

@@ -23,7 +23,7 @@ def build_definition(
     provider_factory: Callable[[Settings], MarketDataProvider] = create_provider,
 ) -> ServiceDefinition:
     def bind(ctx: ServiceContext) -> list[Subscription]:
-        batch = SymbolBatch(ctx, provider_factory(ctx.settings))
+        batch = SymbolBatch.from_context(ctx, provider_factory(ctx.settings))
         return subscriptions(NAME, ctx.settings, {BatchNightlyRequested: batch.handle})
 
     return ServiceDefinition(name=NAME, subscriptions=bind)

@@ -9,7 +9,7 @@ Flow of one trigger (docs/design.md §5):
   recorded complete in the transaction that writes its betas; then `symbol.batch.completed`
   per date in date order, then the job is finished (partial when any symbol failed).
 
-Who runs: a PostgreSQL advisory lock serialises runs across replicas and cron hosts (released
+Who runs: a run lock (a PostgreSQL advisory lock, `repository.AdvisoryRunLock`) serialises runs across replicas and cron hosts (released
 by the server when a worker dies); under it the job tracker's row for the target date is
 started or taken over, and the completed-date watermark decides what is left to do. A repeat
 of a trigger therefore finds nothing to do, and a run killed mid-way is resumed by the
@@ -20,29 +20,30 @@ Nats-Msg-Id business key drops repeats).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import asyncpg
 import pandas as pd
 
-from libs.common import calendar, market_store
-from libs.common.bus import Delivery, TransientError
-from libs.common.db import asyncpg_dsn, session_scope
+from libs.common import calendar
+from libs.common.bus import Delivery, Publish, TransientError
 from libs.common.domain.statuses import batch_final_status
 from libs.common.domain.symbols import InvestmentClass, provider_exclusion
 from libs.common.events import BatchNightlyRequested, SymbolBatchCompleted
-from libs.common.factor_definitions import seed_factor_definitions
 from libs.common.factors import FACTOR_ETFS, LOOKBACK_SESSIONS, compute_exposures, daily_returns
-from libs.common.jobs import COMPLETED, PARTIAL, Job, JobAlreadyRunning, JobTracker
+from libs.common.jobs import COMPLETED, PARTIAL, Job, JobAlreadyRunning, JobRunner, JobTracker
 from libs.common.market_data.base import MarketDataProvider
 from libs.common.market_data.sample import synthetic_universe
 from libs.common.service import ServiceContext
-from services.symbol_batch import store
+from services.symbol_batch.repository import (
+    AdvisoryRunLock,
+    RunLock,
+    SymbolBatchUnitOfWorkFactory,
+    sql_unit_of_work,
+)
 from services.symbol_batch.store import JOB_TYPE
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ PRICE_CHUNK = 100
 PROFILE_CHUNK = 100
 PROFILE_MAX_AGE_DAYS = 7
 FUNDAMENTALS_MAX_AGE_DAYS = 30
-LOCK_NAME = "sigmabatch:symbol_batch"
-LOCK_WAIT_SECONDS = 60.0
 MAX_FAILURES_IN_RESULT = 500
 
 
@@ -144,70 +143,97 @@ class RunOutcome:
         return batch_final_status(len(self.failures))
 
 
-# --- the handler ------------------------------------------------------------------------
+# --- the use case -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """The deployment settings the batch reads (from `Settings` in `from_context`)."""
+
+    max_backfill: int
+    settle_delay: dt.timedelta
+    heartbeat_seconds: float
+    synthetic: list[str] = field(default_factory=list)  # sample provider's extra tickers
 
 
 class SymbolBatch:
-    """Consumer of `batch.nightly.requested`."""
+    """Consumer of `batch.nightly.requested`: plans the dates of a trigger and runs them.
+
+    Built on ports (a unit of work over `SymbolBatchRepository`, a run lock, a job runner and
+    a publish function), so the decisions below run on in-memory fakes in the unit tests;
+    `from_context` is the production wiring (PostgreSQL, the advisory lock, NATS).
+    """
 
     def __init__(
         self,
+        uow: SymbolBatchUnitOfWorkFactory,
+        run_lock: RunLock,
+        jobs: JobRunner,
+        publish: Publish,
+        provider: MarketDataProvider,
+        settings: BatchSettings,
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.uow = uow
+        self.run_lock = run_lock
+        self.jobs = jobs
+        self.publish = publish
+        self.provider = provider
+        self.settings = settings
+        self.clock = clock
+
+    @classmethod
+    def from_context(
+        cls,
         ctx: ServiceContext,
         provider: MarketDataProvider,
         *,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        self.ctx = ctx
-        self.provider = provider
-        self.clock = clock
+    ) -> SymbolBatch:
         settings = ctx.settings
-        self.max_backfill = settings.max_backfill_days
-        self.settle_delay = dt.timedelta(minutes=settings.settle_delay_minutes)
-        self.heartbeat_seconds = settings.job_heartbeat_seconds
         # The sample provider's synthetic universe (production-size runs offline); another
         # provider has no such tickers, so the setting is ignored there.
-        self.synthetic = (
+        synthetic = (
             synthetic_universe(settings.sample_universe)
             if provider.name.split("+")[0] == "sample"
             else []
         )
-        if settings.sample_universe and not self.synthetic:
+        if settings.sample_universe and not synthetic:
             log.warning("SIGMABATCH_SAMPLE_UNIVERSE ignored: provider %s", provider.name)
         # Under the advisory lock no live symbol_batch worker can own a running row, so a
         # running row found there belongs to a dead worker: take it over at once.
-        self.jobs = JobTracker(
+        jobs = JobTracker(
             ctx.database_url, worker_id=ctx.jobs.worker_id, stale_after_seconds=0.0
         )
-
-    @contextlib.asynccontextmanager
-    async def _run_lock(self) -> AsyncIterator[None]:
-        """Session-level advisory lock on a dedicated connection (dies with the worker)."""
-        connection = await asyncpg.connect(asyncpg_dsn(self.ctx.database_url))
-        try:
-            deadline = time.monotonic() + LOCK_WAIT_SECONDS
-            while not await connection.fetchval(
-                "SELECT pg_try_advisory_lock(hashtext($1))", LOCK_NAME
-            ):
-                if time.monotonic() > deadline:
-                    raise TransientError("another symbol batch run holds the lock")
-                await asyncio.sleep(0.5)
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                await connection.close()
+        return cls(
+            sql_unit_of_work(ctx.database_url),
+            AdvisoryRunLock(ctx.database_url),
+            jobs,
+            ctx.publish,
+            provider,
+            BatchSettings(
+                max_backfill=settings.max_backfill_days,
+                settle_delay=dt.timedelta(minutes=settings.settle_delay_minutes),
+                heartbeat_seconds=settings.job_heartbeat_seconds,
+                synthetic=synthetic,
+            ),
+            clock=clock,
+        )
 
     async def handle(self, message: BatchNightlyRequested, delivery: Delivery) -> None:
-        target = resolve_target(message.target_date, self.clock(), self.settle_delay)
+        target = resolve_target(message.target_date, self.clock(), self.settings.settle_delay)
         key = rerun_key(target, message) if message.rerun else target.isoformat()
         if delivery is not None:  # a direct call (tests) has no delivery
             delivery.job_key = key
         extra = {"correlation_id": message.correlation_id, "job_type": JOB_TYPE}
-        async with self._run_lock():
-            async with session_scope(self.ctx.database_url) as session:
-                await store.ensure_seeded(session, FACTOR_ETFS, self.synthetic)
-                batched = await store.batched_dates(session)
-                last_status = await store.latest_job_status(session, key)
-            dates, redo = plan_dates(batched, target, self.max_backfill, rerun=message.rerun)
+        async with self.run_lock():
+            async with self.uow() as work:
+                await work.batch.ensure_seeded(FACTOR_ETFS, self.settings.synthetic)
+                batched = await work.batch.batched_dates()
+                last_status = await work.batch.latest_job_status(key)
+            dates, redo = plan_dates(batched, target, self.settings.max_backfill,
+                                     rerun=message.rerun)
             if last_status in (COMPLETED, PARTIAL):
                 # A repeat of a trigger that already ran: partial dates wait for the next one.
                 dates = [d for d in dates if d not in redo]
@@ -226,7 +252,7 @@ class SymbolBatch:
                     key,
                     correlation_id=message.correlation_id,
                     phases=PHASES,
-                    heartbeat_seconds=self.heartbeat_seconds,
+                    heartbeat_seconds=self.settings.heartbeat_seconds,
                 ) as job:
                     extra["job_id"] = str(job.id)
                     log.info(
@@ -271,8 +297,8 @@ class SymbolBatch:
         redo: dict[dt.date, str] | None = None,
     ) -> RunOutcome:
         """Phases 0-3 for ``dates`` (possibly none: a resumed run that only has to announce)."""
-        async with session_scope(self.ctx.database_url) as session:
-            universe = build_universe(await store.active_universe(session))
+        async with self.uow() as work:
+            universe = build_universe(await work.batch.active_universe())
         outcome = RunOutcome(dates=dates, symbols_total=len(universe.symbols))
         if not dates:
             return outcome
@@ -294,13 +320,13 @@ class SymbolBatch:
     async def _profiles(
         self, job: Job, symbols: list[str], as_of: dt.date, outcome: RunOutcome
     ) -> None:
-        async with session_scope(self.ctx.database_url) as session:
-            due = await store.profiles_due(session, symbols, as_of, PROFILE_MAX_AGE_DAYS)
+        async with self.uow() as work:
+            due = await work.batch.profiles_due(symbols, as_of, PROFILE_MAX_AGE_DAYS)
 
         async def fetch_and_write(chunk: list[str]) -> dict[str, str]:
             result = await self.provider.fetch_profiles(chunk, as_of)
-            async with session_scope(self.ctx.database_url) as session:
-                await market_store.upsert_profiles(session, result.profiles, as_of)
+            async with self.uow() as work:
+                await work.batch.upsert_profiles(result.profiles, as_of)
             return result.failures
 
         await self._in_chunks(job, "profiles", due, PROFILE_CHUNK, fetch_and_write,
@@ -311,8 +337,8 @@ class SymbolBatch:
     ) -> None:
         async def fetch_and_write(chunk: list[str]) -> dict[str, str]:
             result = await self.provider.fetch_prices(chunk, start, end)  # all dates at once
-            async with session_scope(self.ctx.database_url) as session:
-                await market_store.upsert_prices(session, result.bars)
+            async with self.uow() as work:
+                await work.batch.upsert_prices(result.bars)
             return result.failures
 
         # A price failure is the one that matters: it replaces an earlier profile failure.
@@ -322,13 +348,13 @@ class SymbolBatch:
     async def _fundamentals(
         self, job: Job, symbols: list[str], as_of: dt.date, outcome: RunOutcome
     ) -> None:
-        async with session_scope(self.ctx.database_url) as session:
-            due = await store.fundamentals_due(session, symbols, as_of, FUNDAMENTALS_MAX_AGE_DAYS)
+        async with self.uow() as work:
+            due = await work.batch.fundamentals_due(symbols, as_of, FUNDAMENTALS_MAX_AGE_DAYS)
 
         async def fetch_and_write(chunk: list[str]) -> dict[str, str]:
             result = await self.provider.fetch_fundamentals(chunk, as_of)
-            async with session_scope(self.ctx.database_url) as session:
-                await store.upsert_fundamentals(session, result.items)
+            async with self.uow() as work:
+                await work.batch.upsert_fundamentals(result.items)
             return result.failures
 
         await self._in_chunks(job, "fundamentals", due, PROFILE_CHUNK, fetch_and_write,
@@ -370,16 +396,16 @@ class SymbolBatch:
     ) -> None:
         await self.jobs.phase(job, "factors", total=len(dates), unit="dates")
         sessions = pd.DatetimeIndex(calendar.sessions_between(start, dates[-1]))
-        async with session_scope(self.ctx.database_url) as session:
-            closes = await store.load_closes(session, symbols, sessions)
-            await seed_factor_definitions(session)
+        async with self.uow() as work:
+            closes = await work.batch.load_closes(symbols, sessions)
+            await work.batch.seed_factor_definitions()
         returns = daily_returns(closes)
         for done, day in enumerate(dates, start=1):
             exposures = await asyncio.to_thread(compute_exposures, returns, day, symbols)
-            async with session_scope(self.ctx.database_url) as session:
-                await market_store.write_symbol_betas(session, exposures, day)
-                await store.record_date_complete(
-                    session,
+            # The date's betas and its watermark row commit together.
+            async with self.uow() as work:
+                await work.batch.write_symbol_betas(exposures, day)
+                await work.batch.record_date_complete(
                     day,
                     status=outcome.status,
                     run_id=job.id,
@@ -398,14 +424,14 @@ class SymbolBatch:
         portfolio snapshot (a hole filled, a resumed redo) is announced as a restatement:
         portfolio_refresh restates the snapshots from it on.
         """
-        async with session_scope(self.ctx.database_url) as session:
-            completed = await store.dates_of_key(session, key)
-            latest_snapshot = await store.latest_snapshot_date(session)
+        async with self.uow() as work:
+            completed = await work.batch.dates_of_key(key)
+            latest_snapshot = await work.batch.latest_snapshot_date()
         for row in completed:
             redone = row.batch_date in (restate or set()) or (
                 latest_snapshot is not None and row.batch_date <= latest_snapshot
             )
-            await self.ctx.publish(
+            await self.publish(
                 SymbolBatchCompleted(
                     batch_date=row.batch_date,
                     status=row.status,

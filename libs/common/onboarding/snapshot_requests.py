@@ -7,13 +7,13 @@ the coordinator and its reconciler may all publish the same request safely.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
+# `Publish` is re-exported: the upload and the coordinator import it from here.
+from libs.common.bus import Publish as Publish
 from libs.common.calendar import effective_trading_date
-from libs.common.events import Message, PortfolioRefreshRequested
+from libs.common.events import PortfolioRefreshRequested
 from libs.common.onboarding.store import SnapshotRequest
-
-Publish = Callable[[Message], Awaitable[bool]]
 
 
 def fallback_as_of() -> dt.date:

@@ -25,6 +25,7 @@ from libs.common.domain.statuses import OnboardingStatus, SymbolStatus
 from libs.common.factors import FACTOR_ETFS
 from libs.common.onboarding.limits import NewSymbolLimits, check_daily_quota, check_upload_size
 from libs.common.portfolio_csv import ParsedPosition
+from libs.common.snapshots.refresh import request_job_keys_sql
 
 
 @dataclass(frozen=True)
@@ -332,17 +333,16 @@ async def fail_onboarding(session: AsyncSession, portfolio_id: uuid.UUID, error:
 async def fail_dead_snapshot_onboardings(session: AsyncSession, refresh_job_type: str) -> int:
     """Fail running onboardings whose first-snapshot request was dead-lettered (no retry will
     come), saying why; returns how many (idempotent)."""
+    # the job key dead letters carry, or the legacy message-id key (snapshots.refresh)
+    keys = request_job_keys_sql("po.portfolio_id", "po.snapshot_date")
     rows = (await session.execute(
         text(
-            """
+            f"""
             SELECT po.portfolio_id, j.error FROM portfolio_onboarding po
             JOIN LATERAL (
                 SELECT error FROM batch_run_history
                 WHERE job_type = :job_type AND status = 'failed'
-                  -- the job key dead letters carry; 'refresh:' + key is the message id that
-                  -- dead letters recorded before they were keyed by job carry
-                  AND job_key IN (po.portfolio_id || ':' || po.snapshot_date,
-                                  'refresh:' || po.portfolio_id || ':' || po.snapshot_date)
+                  AND job_key IN ({keys})
                 ORDER BY started_at DESC LIMIT 1) j ON true
             WHERE po.status = 'running' AND po.snapshot_requested_at IS NOT NULL
             """

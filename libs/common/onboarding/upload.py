@@ -1,12 +1,16 @@
 """The upload use case: a CSV becomes a portfolio that onboards itself.
 
-1. Parse and validate (pure; any problem rejects the upload and nothing is written).
-2. One transaction: portfolio (owned by the caller), positions, onboarding state.
-3. After the commit: one `symbol.onboard.requested` per symbol still pending (the msg id
-   `onboard:<SYMBOL>` and the symbol_onboarding row dedupe across users and replicas), then
-   the readiness check. With every symbol known it succeeds at once: the first snapshot is
-   made in this request when a snapshot maker is wired in (`v2_instant`, the first poll
-   already says `completed`), otherwise requested on the bus.
+`upload_portfolio` runs four steps, one function each:
+1. `validate_upload`: parse and validate (any problem rejects the upload and nothing is
+   written).
+2. `store_valid_upload`: one transaction: known vs new symbols and the user's new-symbol
+   limits, portfolio (owned by the caller), positions, onboarding state.
+3. `enqueue_symbols`: after the commit, one `symbol.onboard.requested` per symbol still
+   pending (the msg id `onboard:<SYMBOL>` and the symbol_onboarding row dedupe across users
+   and replicas), then the readiness check.
+4. `start_first_snapshot`: with every symbol known the upload succeeds at once: the first
+   snapshot is made in this request when a snapshot maker is wired in (`v2_instant`, the
+   first poll already says `completed`), otherwise requested on the bus.
 
 equity_balance: optional. Stated, it is the first snapshot's equity (`equity_source`
 "stated"); omitted, the first snapshot starts from the net market value of the positions on
@@ -38,7 +42,13 @@ from libs.common.onboarding.snapshot_requests import (
     fallback_as_of,
     publish_snapshot_requests,
 )
-from libs.common.portfolio_csv import CsvProblem, latest_allowed_date, parse_portfolio_csv
+from libs.common.onboarding.store import SnapshotRequest
+from libs.common.portfolio_csv import (
+    CsvProblem,
+    ParseResult,
+    latest_allowed_date,
+    parse_portfolio_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +146,18 @@ def check_form(name: str, equity_balance: str | None, *, name_field: str = "name
     return clean_name, equity
 
 
+@dataclass(frozen=True)
+class ValidUpload:
+    """An upload that passed step 1: what the later steps store and answer with."""
+
+    name: str  # trimmed
+    equity: Decimal | None  # stated
+    estimate: Decimal | None  # net market value at upload when none is stated
+    account: Account | None
+    parsed: ParseResult
+    data_symbols: list[str]  # the symbols market data is fetched for
+
+
 async def upload_portfolio(
     *,
     database_url: str,
@@ -159,6 +181,42 @@ async def upload_portfolio(
     name raises DuplicateAccountName; the unique index decides between concurrent uploads.
     Past the user's daily new-symbol limit: NewSymbolLimitExceeded (429); nothing is written.
     """
+    upload = await validate_upload(
+        database_url, name=name, data=data, equity_balance=equity_balance,
+        account_name=account_name, account_type=account_type, name_field=name_field)
+    stored, requests = await store_valid_upload(
+        database_url, upload, user_id=user_id, username=username,
+        retry_failed_after_seconds=retry_failed_after_seconds,
+        new_symbol_limits=new_symbol_limits)
+    requests = await enqueue_symbols(database_url, publish, stored, username, requests)
+    status = await start_first_snapshot(database_url, publish, stored, requests,
+                                        snapshot_maker)
+    return UploadResult(
+        portfolio_id=stored.portfolio_id,
+        positions_created=stored.positions_created,
+        symbols_known=stored.symbols_known,
+        symbols_queued=stored.symbols_queued,
+        status=status,
+        mode=OnboardingMode.ASYNC if (stored.symbols_queued or stored.symbols_failed)
+        else OnboardingMode.INSTANT,
+        name=upload.name,
+        equity_balance=(upload.equity if upload.equity is not None
+                        else upload.estimate or Decimal(0)),
+        equity_source=(EquitySource.STATED if upload.equity is not None
+                       else EquitySource.NET_MARKET_VALUE),
+        account_name=upload.account.name if upload.account else None,
+        account_type=upload.account.type if upload.account else None,
+        warnings=[w.as_dict() for w in upload.parsed.warnings],
+    )
+
+
+async def validate_upload(
+    database_url: str, *, name: str, data: bytes, equity_balance: str | None,
+    account_name: str | None, account_type: str | None, name_field: str,
+) -> ValidUpload:
+    """Step 1, parse and validate: the form, the account, the file and (no equity stated) the
+    net market value it would start from. Every problem at once in UploadRejected; nothing
+    is written (the only database access reads the latest closes for the estimate)."""
     problems: list[CsvProblem] = []
     try:
         clean_name, equity = check_form(name, equity_balance, name_field=name_field)
@@ -186,22 +244,34 @@ async def upload_portfolio(
                 "portfolio's returns and factor weights are measured against.")))
     if problems:
         raise UploadRejected(problems)
-
     data_symbols = sorted({s for p in parsed.positions if (s := p.market_data_symbol)})
+    return ValidUpload(clean_name, equity, estimate, account, parsed, data_symbols)
+
+
+async def store_valid_upload(
+    database_url: str, upload: ValidUpload, *, user_id: uuid.UUID, username: str,
+    retry_failed_after_seconds: float, new_symbol_limits: NewSymbolLimits | None,
+) -> tuple[store.StoredUpload, list[SnapshotRequest] | None]:
+    """Step 2, resolve symbols and limits, and store: one transaction (`store.store_upload`:
+    known vs new symbols, the user's new-symbol limits, portfolio, positions, onboarding
+    state). Returns the stored upload and, when it waits for no symbol, the snapshot
+    requests its readiness flip made in the same transaction (None otherwise: step 3 checks
+    after the commit)."""
+    account = upload.account
+    requests: list[SnapshotRequest] | None = None
     try:
         async with session_scope(database_url) as session:
             if account is not None and await store.account_name_taken(
                     session, user_id, account.name):
                 raise DuplicateAccountName(account.name)
             stored = await store.store_upload(
-                session, user_id=user_id, name=clean_name, positions=parsed.positions,
-                data_symbols=data_symbols, equity_balance=equity, requested_by=username,
-                retry_failed_after_seconds=retry_failed_after_seconds,
+                session, user_id=user_id, name=upload.name, positions=upload.parsed.positions,
+                data_symbols=upload.data_symbols, equity_balance=upload.equity,
+                requested_by=username, retry_failed_after_seconds=retry_failed_after_seconds,
                 account_name=account.name if account else None,
                 account_type=account.type if account else None,
                 new_symbol_limits=new_symbol_limits)
-            waits_for_nothing = not stored.symbols_queued
-            if waits_for_nothing:
+            if not stored.symbols_queued:
                 # Nothing can settle concurrently: the readiness flip joins this transaction.
                 requests = await store.request_snapshot_if_ready(
                     session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
@@ -214,18 +284,35 @@ async def upload_portfolio(
         if exc.status == 422:  # the file itself is too big in new symbols: like any problem
             raise UploadRejected([CsvProblem(None, "Symbol", exc.message)]) from exc
         raise
+    return stored, requests
 
+
+async def enqueue_symbols(
+    database_url: str, publish: Publish, stored: store.StoredUpload, username: str,
+    requests: list[SnapshotRequest] | None,
+) -> list[SnapshotRequest]:
+    """Step 3, after the commit: one `symbol.onboard.requested` per symbol still pending, then
+    (when step 2 could not decide it) the readiness check; returns the snapshot requests."""
     for symbol in stored.symbols_queued:
         await publish(SymbolOnboardRequested(symbol=symbol, portfolio_id=stored.portfolio_id,
                                              requested_by=username))
-    if not waits_for_nothing:
-        # After the commit: a symbol that settled while this transaction was open announced
-        # itself to a coordinator that could not see this portfolio yet; this check catches it.
-        async with session_scope(database_url) as session:
-            requests = await store.request_snapshot_if_ready(
-                session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
+    if requests is not None:
+        return requests
+    # A symbol that settled while step 2's transaction was open announced itself to a
+    # coordinator that could not see this portfolio yet; this check catches it.
+    async with session_scope(database_url) as session:
+        return await store.request_snapshot_if_ready(
+            session, portfolio_id=stored.portfolio_id, fallback_as_of=fallback_as_of())
 
-    status = OnboardingStatus.RUNNING
+
+async def start_first_snapshot(
+    database_url: str, publish: Publish, stored: store.StoredUpload,
+    requests: list[SnapshotRequest], snapshot_maker: SnapshotMaker | None,
+) -> str:
+    """Step 4: a ready portfolio's first snapshot, made in this process when a snapshot maker
+    is wired in (then the onboarding is finished here), else (or when that fails) requested
+    on the bus. Returns the onboarding status to answer with."""
+    status: str = OnboardingStatus.RUNNING
     if requests and snapshot_maker is not None:
         try:
             await snapshot_maker(stored.portfolio_id, requests[0].as_of)
@@ -241,19 +328,4 @@ async def upload_portfolio(
         await publish_snapshot_requests(publish, requests_to_publish)
     else:
         await publish_snapshot_requests(publish, requests)
-
-    return UploadResult(
-        portfolio_id=stored.portfolio_id,
-        positions_created=stored.positions_created,
-        symbols_known=stored.symbols_known,
-        symbols_queued=stored.symbols_queued,
-        status=status,
-        mode=OnboardingMode.ASYNC if (stored.symbols_queued or stored.symbols_failed)
-        else OnboardingMode.INSTANT,
-        name=clean_name,
-        equity_balance=equity if equity is not None else estimate or Decimal(0),
-        equity_source=EquitySource.STATED if equity is not None else EquitySource.NET_MARKET_VALUE,
-        account_name=account.name if account else None,
-        account_type=account.type if account else None,
-        warnings=[w.as_dict() for w in parsed.warnings],
-    )
+    return status
