@@ -130,7 +130,7 @@ async def environment(symbols: list[str], *, services: tuple[str, ...] = (),
             async with session_scope(database_url) as session:
                 token = await create_user_token(session, "bench", admin=True)
                 user_headers = [
-                    {"Authorization": f"Bearer {await create_user_token(session, f'u{i}')}"}
+                    {"Authorization": f"Bearer {await create_user_token(session, f'u{i}', False)}"}
                     for i in range(users)]
             await dispose_engines()
             port = free_port()

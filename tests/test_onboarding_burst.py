@@ -258,3 +258,84 @@ async def test_a_burst_makes_fewer_provider_calls_than_symbols(settings, ctx, tm
             "SELECT job_key, status FROM batch_run_history WHERE job_type = :t"),
             {"t": JOB_TYPE})).all()
     assert sorted(tuple(j) for j in jobs) == [(s, "completed") for s in wanted]
+
+
+def test_breaker_states_on_a_clock():
+    """closed → open after N consecutive failures (a success in between resets the count) →
+    refuses during the cool-down → one probe at a time → closed on success, open on failure."""
+    import pytest
+
+    from libs.common.market_data.throttle import CircuitOpenError
+
+    now = [0.0]
+    breaker = CircuitBreaker("v", failure_threshold=3, cooldown_seconds=10.0, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.before_call()
+        breaker.record_failure()
+    breaker.record_success()  # 2 failures, then a success: still closed, count reset
+    for _ in range(2):
+        breaker.record_failure()
+    assert breaker.state == "closed"
+    breaker.record_failure()
+    assert breaker.state == "open" and breaker.retry_after() == 10.0
+    now[0] = 9.0
+    with pytest.raises(CircuitOpenError) as refused:
+        breaker.before_call()
+    assert refused.value.retry_after == 1.0
+    now[0] = 10.0
+    assert breaker.before_call() is True  # the probe
+    assert breaker.state == "half_open" and breaker.retry_after() == 1.0  # others wait
+    with pytest.raises(CircuitOpenError):
+        breaker.before_call()
+    breaker.record_failure()  # the probe failed: open for another cool-down
+    assert breaker.state == "open" and breaker.retry_after() == 10.0
+    now[0] = 20.0
+    assert breaker.before_call() is True
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.retry_after() == 0.0
+    assert breaker.before_call() is False
+    assert breaker.transitions == ["open", "half_open", "open", "half_open", "closed"]
+
+
+async def test_an_upload_racing_a_finished_symbol_does_not_send_it_back_to_pending(settings):
+    """Found by the burst bench: an upload read the universe before a worker finished one of
+    its symbols, then reset the symbol (now ready) to pending; its request was dropped by the
+    bus as a duplicate, and the portfolios waiting for it waited an hour. Interleaved here
+    for real: the 'worker' holds the symbol's row while the upload runs, finishes it (ready,
+    in the universe), and commits; the upload must leave it ready."""
+    import asyncpg
+
+    from libs.common.db import asyncpg_dsn
+
+    headers = await token_for(settings.database_url, "alice")
+    await seed_known_symbols(settings.database_url, ["AAPL"])
+    worker = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    try:
+        await worker.execute("INSERT INTO symbol_onboarding (symbol, status, requested_by) "
+                             "VALUES ('ZZRACE', 'running', 'bob')")
+        await worker.execute("BEGIN")
+        await worker.execute("SELECT 1 FROM symbol_onboarding WHERE symbol = 'ZZRACE' FOR UPDATE")
+        async with api_client(settings) as client:
+            upload = asyncio.create_task(client.post(UPLOAD, headers=headers, files={
+                "file": ("p.csv", csv_bytes(*stock_rows(["AAPL", "ZZRACE"])))},
+                data={"name": "race"}))
+
+            async def upload_waits() -> bool:
+                return bool(await worker.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted") or upload.done())
+
+            await wait_until(upload_waits, 30, "the upload waiting on the symbol's row")
+            assert not upload.done()  # it read the universe without ZZRACE, and waits
+            await worker.execute("UPDATE symbol_onboarding SET status = 'ready', "
+                                 "finished_at = now() WHERE symbol = 'ZZRACE'")
+            await worker.execute("INSERT INTO symbol_universe (symbol, added_by) "
+                                 "VALUES ('ZZRACE', 'onboarding')")
+            await worker.execute("COMMIT")
+            response = await upload
+        assert response.status_code == 201, response.text
+        assert response.json()["symbols_queued"] == 1  # ZZRACE: unknown when it looked
+        status = await worker.fetchval(
+            "SELECT status FROM symbol_onboarding WHERE symbol = 'ZZRACE'")
+    finally:
+        await worker.close()
+    assert status == "ready"

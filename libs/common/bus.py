@@ -561,7 +561,7 @@ async def consume(
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(batch, timeout=fetch_timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):  # a batch pull times out as asyncio's
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
                 await asyncio.sleep(0.5)
