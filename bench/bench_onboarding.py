@@ -1,6 +1,17 @@
-"""Upload → `completed` latency of an all-known portfolio (v2_instant), over real HTTP.
+"""Upload → `completed` latency of an all-known portfolio (v2_instant), over real HTTP;
+and with `--burst`, onboarding under a burst of uploads with new symbols (v2_async).
 
     .venv/bin/python -m bench.bench_onboarding [--uploads 100] [--positions 50]
+    .venv/bin/python -m bench.bench_onboarding --burst [--users 100] [--new 5]
+
+`--burst`: the API, onboarding and portfolio_refresh run as processes against a vendor with
+an injected latency (SIGMABATCH_PROVIDER_LATENCY=0.2) and a 5 calls/s limit shared through
+NATS KV (SIGMABATCH_PROVIDER_RATE=5). `--users` users upload at once, each a portfolio of one
+known stock and `--new` new symbols drawn from a pool of 40 (so they overlap); the time is
+from each POST to its onboarding's recorded outcome (`portfolio_onboarding.finished_at`,
+written by the coordinator within 1 s of the first snapshot). Every vendor call is counted
+from the provider's call log. Baseline in the same run: the same burst, on a fresh database
+and bus, with one vendor call per symbol (SIGMABATCH_PROVIDER_BATCH_MAX=1).
 
 Setup: a fresh database on DATABASE_URL's server (else an embedded PostgreSQL) and NATS
 (NATS_URL, else embedded), migrated; 50 symbols (+ factor ETFs) with a year of sample prices
@@ -28,7 +39,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -63,6 +74,8 @@ class Environment:
     nats_url: str
     api_url: str
     headers: dict[str, str]
+    user_headers: list[dict[str, str]] = field(default_factory=list)
+    logs: Path | None = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -100,38 +113,62 @@ def servers() -> Iterator[tuple[str, str]]:
 
 
 @contextlib.asynccontextmanager
-async def environment(symbols: list[str]):
-    """A migrated, seeded database of its own, a token, and the API process."""
+async def environment(symbols: list[str], *, services: tuple[str, ...] = (),
+                      extra_env: dict[str, str] | None = None, users: int = 0):
+    """A migrated, seeded database of its own, a token, the API process and `services`
+    (each as its own process, waited for until it logs that it is ready)."""
     with servers() as (admin_url, nats_url):
         name = f"sb_bench_{uuid.uuid4().hex[:8]}"
         admin = await asyncpg.connect(asyncpg_dsn(admin_url))
         await admin.execute(f'CREATE DATABASE "{name}"')
         database_url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-        api = None
+        processes: list[subprocess.Popen[bytes]] = []
+        logs = Path(tempfile.mkdtemp(prefix="sb-bench-logs-"))
         try:
             await asyncio.to_thread(upgrade, database_url)
             await seed(database_url, symbols)
             async with session_scope(database_url) as session:
                 token = await create_user_token(session, "bench", admin=True)
+                user_headers = [
+                    {"Authorization": f"Bearer {await create_user_token(session, f'u{i}', False)}"}
+                    for i in range(users)]
             await dispose_engines()
             port = free_port()
             env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url,
                    "API_PORT": str(port), "SIGMABATCH_BUS_PREFIX": name, "LOG_LEVEL": "WARNING",
-                   "PYTHONPATH": str(REPO_ROOT)}
-            api = subprocess.Popen(  # noqa: ASYNC220 - started once, before any timing
-                [sys.executable, "-m", "services.status_api"], cwd=REPO_ROOT, env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                   "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
+            for service in ("status_api", *services):
+                log_file = (logs / f"{service}.log").open("wb")
+                processes.append(subprocess.Popen(  # noqa: ASYNC220 - before any timing
+                    [sys.executable, "-m", f"services.{service}"], cwd=REPO_ROOT,
+                    env={**env, "LOG_LEVEL": "INFO"} if service != "status_api" else env,
+                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True))
             api_url = f"http://127.0.0.1:{port}"
             await wait_ready(api_url)
+            for service in services:
+                await wait_logged(logs / f"{service}.log", " ready")
             yield Environment(database_url, nats_url, api_url,
-                              {"Authorization": f"Bearer {token}"})
+                              {"Authorization": f"Bearer {token}"}, user_headers, logs)
         finally:
-            if api is not None:
-                api.kill()
-                api.wait(timeout=10)
+            for process in processes:
+                process.kill()
+                process.wait(timeout=10)
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
             await drop_streams(nats_url, name)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+async def wait_logged(path: Path, needle: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in await asyncio.to_thread(_read, path):
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{path.stem} not ready: {(await asyncio.to_thread(_read, path))[-2000:]}")
 
 
 async def drop_streams(nats_url: str, prefix: str) -> None:
@@ -142,9 +179,12 @@ async def drop_streams(nats_url: str, prefix: str) -> None:
     nc = await nats.connect(nats_url)
     try:
         topology = Topology(prefix)
-        for stream in (topology.jobs_stream, topology.events_stream):
+        for stream in (topology.jobs_stream, topology.events_stream,
+                       topology.advisories_stream):
             with contextlib.suppress(Exception):
                 await nc.jetstream().delete_stream(stream)
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_key_value(topology.provider_limits_bucket)
     finally:
         await nc.close()
 
@@ -241,9 +281,124 @@ async def main(uploads: int, positions: int) -> None:
           f"original system target < 5000 ms)")
 
 
+# -- --burst: many users at once, each with new symbols ------------------------------------
+
+KNOWN = SYMBOLS[:10]  # seeded as the nightly batch leaves them
+NEW_POOL = SYMBOLS[10:]  # 40 tickers the burst's uploads bring in (the sample provider serves them)
+
+
+@dataclass
+class BurstResult:
+    label: str
+    latencies_ms: list[float]
+    calls: dict[str, int]
+    symbols: int
+    wall_seconds: float
+    statuses: dict[str, int]
+    symbols_ready_seconds: float  # first POST -> the last new symbol ready (the vendor phase)
+
+
+async def run_burst(label: str, users: int, new: int, batch_max: int, latency: float,
+                    rate: float, seed_value: int = 7) -> BurstResult:
+    from libs.common.market_data.faults import read_call_log
+
+    call_log = Path(tempfile.mkdtemp(prefix="sb-bench-calls-")) / "calls.log"
+    extra = {"SIGMABATCH_PROVIDER_LATENCY": str(latency), "SIGMABATCH_PROVIDER_RATE": str(rate),
+             "SIGMABATCH_PROVIDER_BATCH_MAX": str(batch_max),
+             "SIGMABATCH_PROVIDER_CALL_LOG": str(call_log)}
+    rng = np.random.default_rng(seed_value)
+    picks = [list(rng.choice(NEW_POOL, size=new, replace=False)) for _ in range(users)]
+    async with environment(KNOWN, services=("onboarding", "portfolio_refresh"),
+                           extra_env=extra, users=users) as env:
+        call_log.unlink(missing_ok=True)  # start-up calls (none expected) are not the burst's
+        limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            async def upload(u: int) -> tuple[str, float]:
+                rows = [f"{KNOWN[u % len(KNOWN)]},10,100.25,2025-06-30,PUBLIC,STOCK,,,,,,"]
+                rows += [f"{s},{5 + i},{40 + i}.5,2025-06-30,PUBLIC,STOCK,,,,,,"
+                         for i, s in enumerate(picks[u])]
+                data = ("\n".join([HEADER, *rows]) + "\n").encode()
+                started = time.time()
+                response = await client.post(
+                    f"{env.api_url}/api/v1/portfolios", headers=env.user_headers[u],
+                    files={"file": ("p.csv", data, "text/csv")}, data={"name": f"burst-{u}"})
+                response.raise_for_status()
+                return response.json()["portfolio_id"], started
+
+            began = time.monotonic()
+            uploaded = await asyncio.gather(*(upload(u) for u in range(users)))
+        connection = await asyncpg.connect(asyncpg_dsn(env.database_url))
+        try:
+            deadline = time.monotonic() + 600
+            while True:
+                done = await connection.fetchval(
+                    "SELECT count(*) FROM portfolio_onboarding WHERE finished_at IS NOT NULL")
+                if done >= users:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{label}: {done}/{users} onboardings finished in 600 s")
+                await asyncio.sleep(0.25)
+            wall = time.monotonic() - began
+            rows = await connection.fetch(
+                "SELECT portfolio_id::text AS id, status, extract(epoch FROM finished_at) AS t "
+                "FROM portfolio_onboarding")
+            symbols = await connection.fetchval(
+                "SELECT count(*) FROM symbol_onboarding WHERE status = 'ready'")
+            symbols_done = float(await connection.fetchval(
+                "SELECT extract(epoch FROM max(finished_at)) FROM symbol_onboarding"))
+        finally:
+            await connection.close()
+    finished = {r["id"]: (r["status"], float(r["t"])) for r in rows}
+    latencies = [(finished[pid][1] - started) * 1000 for pid, started in uploaded]
+    statuses: dict[str, int] = {}
+    for status, _ in finished.values():
+        statuses[status] = statuses.get(status, 0) + 1
+    calls: dict[str, int] = {}
+    for _, method, _symbols in read_call_log(call_log):
+        calls[method] = calls.get(method, 0) + 1
+    first_post = min(started for _, started in uploaded)
+    return BurstResult(label, latencies, calls, int(symbols), wall, statuses,
+                       symbols_done - first_post)
+
+
+def print_burst(result: BurstResult, users: int) -> None:
+    total = sum(result.calls.values())
+    methods = ", ".join(f"{k} {v}" for k, v in sorted(result.calls.items()))
+    print(summary(result.label, result.latencies_ms))
+    print(f"{'':<34} vendor calls={total} ({methods}) for {result.symbols} new symbols; "
+          f"every symbol ready {result.symbols_ready_seconds:.1f} s after the first POST; "
+          f"all {users} onboardings finished in {result.wall_seconds:.1f} s (the rest: "
+          f"first snapshots); outcomes {result.statuses}", flush=True)
+
+
+async def main_burst(users: int, new: int, latency: float, rate: float) -> None:
+    print(f"bench_onboarding --burst: {users} users upload at once, each 1 known + {new} new "
+          f"symbols from a pool of {len(NEW_POOL)}; vendor latency {latency * 1000:.0f} ms, "
+          f"{rate:g} calls/s shared limit (NATS KV); API, onboarding, portfolio_refresh as "
+          "processes; time = POST -> onboarding outcome recorded", flush=True)
+    baseline = await run_burst("baseline: one call per symbol", users, new, 1, latency, rate)
+    print_burst(baseline, users)
+    batched = await run_burst("batched (<= 50 symbols a call)", users, new, 50, latency, rate)
+    print_burst(batched, users)
+    load = os.getloadavg()
+    speedup = percentile(baseline.latencies_ms, 95) / percentile(batched.latencies_ms, 95)
+    print(f"p95 upload -> completed: baseline/batched = {speedup:.2f}; vendor calls "
+          f"{sum(baseline.calls.values())} -> {sum(batched.calls.values())}; "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uploads", type=int, default=100)
     parser.add_argument("--positions", type=int, default=50)
+    parser.add_argument("--burst", action="store_true",
+                        help="onboarding under a burst of uploads with new symbols")
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--new", type=int, default=5)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--rate", type=float, default=5.0)
     args = parser.parse_args()
-    asyncio.run(main(args.uploads, args.positions))
+    if args.burst:
+        asyncio.run(main_burst(args.users, args.new, args.latency, args.rate))
+    else:
+        asyncio.run(main(args.uploads, args.positions))

@@ -138,7 +138,8 @@ async def _delete_streams(nats_url: str, topology: bus.Topology) -> None:
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        for stream in (topology.jobs_stream, topology.events_stream, topology.advisories_stream):
+        for stream in (topology.jobs_stream, topology.events_stream, topology.advisories_stream,
+                       f"KV_{topology.provider_limits_bucket}"):
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(stream)
     finally:

@@ -59,7 +59,8 @@ def run_worker() -> None:
     record = Path(os.environ["TEST_RECORD_FILE"])
     slow = set(filter(None, os.environ.get("TEST_SLOW_SYMBOLS", "").split(",")))
     delay = float(os.environ.get("TEST_FETCH_DELAY", "0"))
-    main(build_definition(lambda s: _RecordingProvider(default_provider(s), record, slow, delay)))
+    main(build_definition(
+        lambda s, g: _RecordingProvider(default_provider(s, g), record, slow, delay)))
 
 
 class WorkerProcess(ServiceProcess):

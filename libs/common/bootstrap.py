@@ -85,8 +85,9 @@ ROUTES: tuple[Route, ...] = (
     # commands: exactly one consumer each
     Route(BatchNightlyRequested, "symbol_batch", "symbol-batch", "symbol_batch",
           job_key=nightly_job_key),
+    # Pulled 25 at a time and handled together: their vendor calls are coalesced.
     Route(SymbolOnboardRequested, "onboarding", "onboarding-worker", "symbol_onboard",
-          concurrency=4, job_key=onboard_job_key),
+          concurrency=2, batch=25, job_key=onboard_job_key),
     Route(PortfolioRefreshRequested, "portfolio_refresh", "portfolio-refresh-request",
           "portfolio_refresh_request", concurrency=2, batch=32, job_key=refresh_request_job_key),
     Route(PortfolioRefreshChunkRequested, "portfolio_refresh", "portfolio-refresh-chunk",

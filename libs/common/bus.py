@@ -67,6 +67,16 @@ class PermanentError(Exception):
     """A failure no retry will fix (bad payload, unknown portfolio): dead-letter now."""
 
 
+class RetryAfter(TransientError):
+    """Not now, and not the message's fault (e.g. the vendor's circuit is open): nak with
+    exactly this delay. Like any retry it counts as a delivery, so a handler raises it only
+    while deliveries remain (on the last one it should wait in hand instead)."""
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        super().__init__(reason or f"retry in {delay:.1f}s")
+        self.delay = delay
+
+
 @dataclass(frozen=True)
 class Topology:
     """Names of streams and subjects, optionally under a prefix (one per environment/test)."""
@@ -87,6 +97,11 @@ class Topology:
     @property
     def events_stream(self) -> str:
         return self._stream("SIGMABATCH_EVENTS")
+
+    @property
+    def provider_limits_bucket(self) -> str:
+        """The JetStream key-value bucket of the shared provider rate limits."""
+        return self._stream("SIGMABATCH_PROVIDER_LIMITS")
 
     @property
     def advisories_stream(self) -> str:
@@ -496,6 +511,13 @@ async def process_message(
         raise
     except PermanentError as exc:
         return await to_dead_letter(f"{type(exc).__name__}: {exc}")
+    except RetryAfter as exc:
+        if deliveries >= spec.max_deliver:
+            return await to_dead_letter(f"{type(exc).__name__}: {exc}")
+        log.info("handler deferred (delivery %d/%d), retry in %.1fs: %s", deliveries,
+                 spec.max_deliver, exc.delay, exc, extra={"msg_id": fallback_key})
+        await msg.nak(delay=max(exc.delay, 0.1))
+        return "delayed"
     except Exception as exc:
         if deliveries >= spec.max_deliver:
             return await to_dead_letter(f"{type(exc).__name__}: {exc}")
@@ -530,10 +552,10 @@ async def consume(
 ) -> None:
     """Pull, handle and settle messages until `stop` is set.
 
-    A fetch of `batch` > 1 messages is handled concurrently (each message still settled on
-    its own): a handler that gathers work across messages (portfolio_refresh's first
-    snapshots) sees them together. The messages in hand are finished before the loop
-    returns (graceful SIGTERM).
+    The messages of one pull (up to `batch`) are handled together, concurrently, and each is
+    settled on its own: a handler that serves many jobs with one piece of work (onboarding
+    coalesces its vendor calls, portfolio_refresh gathers first snapshots) sees them at once.
+    The messages in hand are finished before the loop returns (graceful SIGTERM).
     """
     await ensure_consumer(js, topology, spec)
     stream = topology.stream_for(spec.message_type)
@@ -542,7 +564,7 @@ async def consume(
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(batch, timeout=fetch_timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):  # a batch pull times out as asyncio's
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
                 await asyncio.sleep(0.5)
@@ -555,8 +577,7 @@ async def consume(
                 await process_message(messages[0], spec, handler, dead_letter)
             else:
                 await asyncio.gather(
-                    *(process_message(msg, spec, handler, dead_letter) for msg in messages)
-                )
+                    *(process_message(msg, spec, handler, dead_letter) for msg in messages))
     finally:
         with contextlib.suppress(Exception):
             await subscription.unsubscribe()

@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     sample_universe: int = Field(default=0, ge=0, le=9999, alias="SIGMABATCH_SAMPLE_UNIVERSE")
     # Chaos testing only (see libs/common/market_data/faults.py).
     provider_faults: str = Field(default="", alias="SIGMABATCH_PROVIDER_FAULTS")
+    provider_latency_seconds: float = Field(default=0.0, ge=0, alias="SIGMABATCH_PROVIDER_LATENCY")
+    provider_call_log: Path | None = Field(default=None, alias="SIGMABATCH_PROVIDER_CALL_LOG")
+    # Onboarding's vendor calls (libs/common/market_data/gate.py): at most this many symbols
+    # per coalesced call (1 = one call per symbol); SIGMABATCH_PROVIDER_RATE calls per second
+    # across every replica (a token bucket in a NATS KV bucket; 0 = unlimited); the circuit
+    # opens after this many consecutive failed calls and probes again after the cool-down.
+    provider_batch_max: int = Field(default=50, ge=1, alias="SIGMABATCH_PROVIDER_BATCH_MAX")
+    provider_breaker_failures: int = Field(
+        default=5, ge=1, alias="SIGMABATCH_PROVIDER_BREAKER_FAILURES")
+    provider_breaker_cooldown_seconds: float = Field(
+        default=30.0, gt=0, alias="SIGMABATCH_PROVIDER_BREAKER_COOLDOWN")
     # Onboarding: per user, symbols new to the universe one upload / 24 hours may ask for
     # (0 = no limit): 422 past the first, 429 with Retry-After past the second.
     max_new_symbols_per_upload: int = Field(

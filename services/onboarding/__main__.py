@@ -13,6 +13,8 @@ from libs.common.bootstrap import Subscription, subscriptions
 from libs.common.config import Settings
 from libs.common.events import SymbolOnboardCompleted, SymbolOnboardRequested
 from libs.common.market_data import MarketDataProvider, get_provider
+from libs.common.market_data.gate import ProviderGate
+from libs.common.market_data.throttle import CircuitBreaker, SharedTokenBucket
 from libs.common.service import ServiceContext, ServiceDefinition, main
 from libs.common.uow import sql_unit_of_work
 from services.onboarding.coordinator import OnboardingCoordinator
@@ -21,14 +23,27 @@ from services.onboarding.worker import OnboardingWorker
 NAME = "onboarding"
 
 
-def default_provider(settings: Settings) -> MarketDataProvider:
-    return get_provider(settings)
+def provider_gate(ctx: ServiceContext) -> ProviderGate:
+    """The vendor's rate limit shared by every replica (a token bucket in a NATS KV bucket,
+    keyed by the provider) and this replica's circuit breaker."""
+    settings = ctx.settings
+    limiter = SharedTokenBucket(ctx.js, ctx.topology.provider_limits_bucket,
+                                settings.market_data_provider, settings.provider_rate_per_second)
+    breaker = CircuitBreaker(settings.market_data_provider,
+                             failure_threshold=settings.provider_breaker_failures,
+                             cooldown_seconds=settings.provider_breaker_cooldown_seconds)
+    return ProviderGate(limiter, breaker, call_timeout_seconds=settings.provider_timeout_seconds)
+
+
+def default_provider(settings: Settings, gate: ProviderGate | None = None) -> MarketDataProvider:
+    return get_provider(settings, gate=gate, raise_transient_alone=True)
 
 
 def build_definition(
-    provider_factory: Callable[[Settings], MarketDataProvider] = default_provider,
+    provider_factory: Callable[[Settings, ProviderGate], MarketDataProvider] = default_provider,
 ) -> ServiceDefinition:
-    """The service, with the provider injectable (tests wrap the real one to count calls)."""
+    """The service, with the provider injectable (tests wrap the real one to count calls);
+    the factory gets the gate to put under the vendor."""
     state: dict[str, OnboardingCoordinator] = {}
 
     def coordinator(ctx: ServiceContext) -> OnboardingCoordinator:
@@ -39,7 +54,8 @@ def build_definition(
         return state["c"]
 
     def bind(ctx: ServiceContext) -> list[Subscription]:
-        worker = OnboardingWorker(ctx, provider_factory(ctx.settings))
+        gate = provider_gate(ctx)
+        worker = OnboardingWorker(ctx, provider_factory(ctx.settings, gate), gate)
         return subscriptions(NAME, ctx.settings, {
             SymbolOnboardRequested: worker.handle,
             SymbolOnboardCompleted: coordinator(ctx).handle,

@@ -1,6 +1,8 @@
 """Onboarding worker: `symbol.onboard.requested` → history, profile, betas → `completed`.
 
-One symbol at a time per message. The job tracker's partial unique index is the lock: a
+One symbol per message; the messages of one pull are handled together and their vendor
+calls coalesced (one call for all the symbols waiting), under the vendor's shared rate limit
+and circuit breaker (libs/common/market_data/gate.py). The job tracker's partial unique index is the lock: a
 second delivery of a symbol already being fetched (a redelivery after a crash, another
 replica) waits for it instead of fetching again, and takes over once the first worker's
 heartbeat is stale. Everything the symbol needs is written in one transaction with its
@@ -23,7 +25,7 @@ import pandas as pd
 from sqlalchemy import text
 
 from libs.common import market_store
-from libs.common.bus import Delivery
+from libs.common.bus import Delivery, RetryAfter
 from libs.common.calendar import effective_trading_date, sessions_between
 from libs.common.db import raw_connection, session_scope
 from libs.common.domain.statuses import SETTLED_SYMBOL_STATUSES as SETTLED
@@ -33,6 +35,7 @@ from libs.common.factor_definitions import seed_factor_definitions
 from libs.common.factors import FACTOR_ETFS, compute_exposures, daily_returns
 from libs.common.jobs import Job, JobAlreadyRunning
 from libs.common.market_data.base import MarketDataProvider
+from libs.common.market_data.gate import CoalescingProvider, ProviderGate
 from libs.common.onboarding import store
 from libs.common.service import ServiceContext
 
@@ -51,12 +54,34 @@ class FetchOutcome:
 
 
 class OnboardingWorker:
-    def __init__(self, ctx: ServiceContext, provider: MarketDataProvider) -> None:
+    """Handles `symbol.onboard.requested`, one job per symbol.
+
+    The vendor calls of the jobs in flight are coalesced (`CoalescingProvider`: one call for
+    every symbol waiting at that moment); ``gate`` is the vendor's rate limit and circuit
+    breaker (the caller put it under ``provider``): while the circuit is open a job is not
+    started but deferred (nak with the cool-down's delay), and never failed for it.
+    """
+
+    def __init__(self, ctx: ServiceContext, provider: MarketDataProvider,
+                 gate: ProviderGate | None = None) -> None:
         self.ctx = ctx
-        self.provider = provider
+        self.provider = CoalescingProvider(provider, max_symbols=ctx.settings.provider_batch_max)
+        self.gate = gate
+
+    def _circuit_wait(self) -> float:
+        return self.gate.breaker.retry_after() if self.gate is not None else 0.0
+
+    async def _defer_while_open(self, delivery: Delivery, symbol: str) -> None:
+        """Nak with the cool-down's delay while deliveries remain; on the last one, hold the
+        message (the consume loop keeps it alive) until the circuit lets a call through."""
+        while (wait := self._circuit_wait()) > 0:
+            if delivery.num_delivered < self.ctx.settings.max_deliver:
+                raise RetryAfter(wait, f"provider circuit open: {symbol} deferred {wait:.1f}s")
+            await asyncio.sleep(wait)
 
     async def handle(self, message: SymbolOnboardRequested, delivery: Delivery) -> None:
         symbol = message.symbol.upper()
+        await self._defer_while_open(delivery, symbol)
         while True:
             async with session_scope(self.ctx.database_url) as session:
                 state = await store.symbol_status(session, symbol)
@@ -77,15 +102,25 @@ class OnboardingWorker:
         beat = asyncio.create_task(self._heartbeat(job))
         try:
             last_try = delivery.num_delivered >= self.ctx.settings.max_deliver
-            try:
-                outcome = await self._onboard(symbol, job)
-            except Exception as exc:
-                if not last_try:
-                    # Close this attempt's job row so the next delivery starts at once; nak.
-                    await self.ctx.jobs.finish(job, JobStatus.FAILED,
-                                               error=f"{type(exc).__name__}: {exc} (will retry)")
-                    raise
-                outcome = FetchOutcome(SymbolStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            while True:
+                try:
+                    outcome = await self._onboard(symbol, job)
+                    break
+                except Exception as exc:
+                    wait = self._circuit_wait()
+                    if wait > 0 and last_try:
+                        await asyncio.sleep(wait)  # the vendor failed, not the symbol: hold
+                        continue
+                    if not last_try:
+                        # Close this attempt's job row so the next delivery starts at once.
+                        await self.ctx.jobs.finish(
+                            job, JobStatus.FAILED,
+                            error=f"{type(exc).__name__}: {exc} (will retry)")
+                        if wait > 0:
+                            raise RetryAfter(wait, f"provider circuit open: {exc}") from exc
+                        raise
+                    outcome = FetchOutcome(SymbolStatus.FAILED, f"{type(exc).__name__}: {exc}")
+                    break
             if outcome.status == SymbolStatus.FAILED and not outcome.recorded:
                 async with session_scope(self.ctx.database_url) as session:
                     await store.settle_symbol(session, symbol, SymbolStatus.FAILED, outcome.reason)

@@ -25,6 +25,7 @@ from libs.common.market_data.base import (
     ProfileResult,
     empty_prices,
 )
+from libs.common.market_data.throttle import CircuitOpenError, is_transient
 
 R = TypeVar("R", PriceResult, ProfileResult, FundamentalsResult)
 
@@ -59,9 +60,14 @@ class GuardedProvider:
     """Wraps a provider: timeout per call, a failing chunk retried symbol by symbol."""
 
     def __init__(
-        self, inner: MarketDataProvider, *, call_timeout_seconds: float = 120.0, parallel: int = 4
+        self, inner: MarketDataProvider, *, call_timeout_seconds: float = 120.0, parallel: int = 4,
+        raise_transient_alone: bool = False,
     ) -> None:
+        """``raise_transient_alone``: a one-symbol call that fails transiently (connection,
+        timeout, 5xx) raises instead of becoming the symbol's failure, so a job that fetches
+        one symbol (onboarding) retries rather than failing the symbol for a network blip."""
         self.inner = inner
+        self.raise_transient_alone = raise_transient_alone
         self.name = inner.name
         self.call_timeout_seconds = call_timeout_seconds
         self.parallel = asyncio.Semaphore(parallel)
@@ -75,8 +81,12 @@ class GuardedProvider:
         try:
             async with asyncio.timeout(self.call_timeout_seconds):
                 return await call(symbols)
+        except CircuitOpenError:
+            raise  # nobody's fault: the caller waits for the circuit to close
         except Exception as exc:
             if len(symbols) == 1:
+                if self.raise_transient_alone and is_transient(exc):
+                    raise  # a network blip is not the symbol's fault: retry the job
                 return merge([], {symbols[0]: _reason(exc, self.call_timeout_seconds)})
             first_error = exc
 
@@ -85,6 +95,8 @@ class GuardedProvider:
                 try:
                     async with asyncio.timeout(self.call_timeout_seconds):
                         return await call([symbol])
+                except CircuitOpenError:
+                    raise
                 except Exception as exc:
                     return merge([], {symbol: _reason(exc, self.call_timeout_seconds)})
 

@@ -108,11 +108,17 @@ async def store_upload(
             {"symbols": unknown, "requested_by": requested_by,
              "retry_after": retry_failed_after_seconds},
         )
-        # Rows marked ready while not (or no longer) in the universe are re-fetched too.
+        # Rows marked ready while not (or no longer) in the universe are re-fetched too. Not
+        # one a worker made ready (and put in the universe, in the same commit) after this
+        # upload read the universe: reset to pending, its request would be dropped by the
+        # bus as a duplicate of the one just handled, and it would wait for an hour (seen
+        # with 100 concurrent uploads sharing symbols, bench_onboarding --burst).
         await session.execute(
             text(
                 "UPDATE symbol_onboarding SET status = 'pending', finished_at = NULL "
-                "WHERE symbol = ANY(:symbols) AND status = 'ready'"
+                "WHERE symbol = ANY(:symbols) AND status = 'ready' "
+                "AND NOT EXISTS (SELECT 1 FROM symbol_universe u "
+                "WHERE u.symbol = symbol_onboarding.symbol AND u.is_active)"
             ),
             {"symbols": unknown},
         )
