@@ -8,6 +8,7 @@ closes dated on or before it, betas of the refresh (latest ≤ date), the active
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
@@ -39,8 +40,17 @@ class _HistoryCache:
         self.key: tuple[dt.date, str] | None = None
         self.frame = pd.DataFrame()
         self.absent: set[str] = set()
+        # Refreshes of one process run concurrently (gathered first snapshots, chunks): two
+        # filling the same missing symbols at once would join the same columns twice.
+        self._lock = asyncio.Lock()
 
     async def closes(self, conn: asyncpg.Connection, day: dt.date, symbols: list[str]) -> pd.DataFrame:
+        async with self._lock:
+            return await self._closes(conn, day, symbols)
+
+    async def _closes(
+        self, conn: asyncpg.Connection, day: dt.date, symbols: list[str]
+    ) -> pd.DataFrame:
         run = await conn.fetchval(
             "SELECT coalesce(run_id::text, '') || ':' || status FROM symbol_batch_dates "
             "WHERE batch_date = $1", day)
