@@ -345,6 +345,11 @@ async def test_a_dead_letter_under_the_legacy_message_id_key_fails_the_onboardin
     await ctx.jobs.record_dead_letter(JOB_REQUEST, f"refresh:{pid}:{as_of.isoformat()}",
                                       "ValueError: no prices",
                                       request.model_dump_json().encode(), 3)
+    # The status API sees it at once (before the coordinator records the outcome).
+    async with api_client(settings) as client:
+        status = await client.get(f"/api/v1/onboarding/status/{pid}", headers=headers)
+    assert status.json()["status"] == "failed", status.json()
+    assert "no prices" in str(status.json()), status.json()
     coordinator = OnboardingCoordinator(sql_unit_of_work(settings.database_url), ctx.publish)
     assert await coordinator.record_outcomes() == 1
     assert await onboarding_row_status(settings.database_url, pid) == "failed"

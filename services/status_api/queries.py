@@ -22,6 +22,7 @@ from libs.common.domain.statuses import (
     onboarding_final_status,
 )
 from libs.common.snapshots.refresh import JOB_REQUEST as REFRESH_REQUEST_JOB
+from libs.common.snapshots.refresh import request_job_keys_sql
 
 # The activity log is in time order: a line's timestamp is its transaction's start, so a
 # long transaction (a symbol fetch) may insert after a later-started one; ids alone would
@@ -39,7 +40,7 @@ ONBOARDING_SQL = """
            CASE WHEN po.status = 'running' AND po.snapshot_requested_at IS NOT NULL THEN
                (SELECT j.error FROM batch_run_history j
                  WHERE j.job_type = $3 AND j.status = 'failed'
-                   AND j.job_key = p.id || ':' || po.snapshot_date
+                   AND j.job_key IN (""" + request_job_keys_sql("p.id", "po.snapshot_date") + """)
                  ORDER BY j.started_at DESC LIMIT 1) END AS snapshot_error,
            EXISTS (SELECT 1 FROM portfolio_snapshots ps
                     WHERE ps.portfolio_id = p.id AND ps.snapshot_date = po.snapshot_date
