@@ -8,8 +8,12 @@
   `libs/common/partitions.py`); it moves a month's rows out of the default partition first.
   Keys include the partition key: portfolio_snapshots PK (id, snapshot_date) and the unique
   (portfolio_id, snapshot_date) the refresh's ON CONFLICT uses; position_snapshots PK
-  (position_id, snapshot_date) as before. Foreign keys from the partitioned tables to
-  portfolios / positions (ON DELETE CASCADE) are kept; nothing references these tables.
+  (position_id, snapshot_date) as before. portfolio_snapshots keeps its foreign key to
+  portfolios (ON DELETE CASCADE). position_snapshots loses its two row-level foreign keys
+  (their checks were ~60% of the refresh's insert of 250k rows a day) like
+  position_factor_exposures did in 0002: deleting positions (directly or through their
+  portfolio's cascade) deletes their rows through a statement-level trigger. Nothing
+  references these tables.
 * `position_factor_exposures` (12 rows per position per day) is replaced by a VIEW with the
   same columns over position_snapshots (new columns: beta_symbol, beta_date, exposure_value,
   weight, written by the refresh with the position's mark) x symbol_factor_exposures of
@@ -121,13 +125,12 @@ def _partition(table: str, portfolio_keys: bool) -> None:
             "ALTER INDEX ix_position_snapshots_portfolio_date "
             "RENAME TO ix_position_snapshots_portfolio_date_old"
         )
+        # No row-level foreign keys (their per-row checks were 60% of the refresh's insert of
+        # 250k rows/day, like position_factor_exposures in 0002): the cascade from positions
+        # (and through them portfolios) is kept by a statement-level trigger.
         op.execute(
             "ALTER TABLE position_snapshots ADD CONSTRAINT position_snapshots_pkey "
-            "PRIMARY KEY (position_id, snapshot_date), ADD CONSTRAINT "
-            "position_snapshots_position_id_fkey FOREIGN KEY (position_id) "
-            "REFERENCES positions (id) ON DELETE CASCADE, ADD CONSTRAINT "
-            "position_snapshots_portfolio_id_fkey FOREIGN KEY (portfolio_id) "
-            "REFERENCES portfolios (id) ON DELETE CASCADE"
+            "PRIMARY KEY (position_id, snapshot_date)"
         )
         op.execute(
             "CREATE INDEX ix_position_snapshots_portfolio_date "
@@ -179,6 +182,23 @@ def upgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS positions_delete_exposures ON positions")
     op.execute("DROP FUNCTION IF EXISTS delete_position_factor_exposures()")
     op.execute("DROP TABLE position_factor_exposures")
+    op.execute(
+        """
+        CREATE FUNCTION delete_position_snapshots() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM position_snapshots s USING gone WHERE s.position_id = gone.id;
+            RETURN NULL;
+        END $$
+        """
+    )
+    op.execute(
+        """
+        CREATE TRIGGER positions_delete_snapshots
+        AFTER DELETE ON positions REFERENCING OLD TABLE AS gone
+        FOR EACH STATEMENT EXECUTE FUNCTION delete_position_snapshots();
+        """
+    )
 
     _partition("portfolio_snapshots", portfolio_keys=True)
     _partition("position_snapshots", portfolio_keys=False)
@@ -220,6 +240,11 @@ def _unpartition(table: str) -> None:
         )
         op.execute("CREATE INDEX ix_portfolio_snapshots_date ON portfolio_snapshots (snapshot_date)")
     else:
+        # rows of positions deleted while their snapshot was being written (no FK at 0009)
+        op.execute(
+            "DELETE FROM position_snapshots s WHERE NOT EXISTS "
+            "(SELECT 1 FROM positions x WHERE x.id = s.position_id)"
+        )
         op.execute(
             "ALTER TABLE position_snapshots ADD CONSTRAINT position_snapshots_pkey "
             "PRIMARY KEY (position_id, snapshot_date), ADD CONSTRAINT "
@@ -264,6 +289,8 @@ def downgrade() -> None:
         """
     )
     op.execute("DROP FUNCTION sigmabatch_ensure_snapshot_partitions(date)")
+    op.execute("DROP TRIGGER positions_delete_snapshots ON positions")
+    op.execute("DROP FUNCTION delete_position_snapshots()")
     for table in TABLES:
         _unpartition(table)
     op.execute(
