@@ -241,6 +241,34 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_retention(
+    database_url: str, keep_months: int, apply: bool, today: dt.date
+) -> str:
+    import asyncpg
+
+    from libs.common import partitions
+    from libs.common.db import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        plan = await partitions.plan_retention(conn, keep_months, today)
+        if apply:
+            await partitions.apply_retention(conn, plan)
+    finally:
+        await conn.close()
+    return partitions.describe_plan(plan, applied=apply)
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Drop snapshot month partitions older than --keep-months (dry run unless --apply)."""
+    if args.keep_months < 1:
+        raise CommandError("--keep-months must be at least 1")
+    with database_url_for(args.data_dir) as database_url:
+        print(asyncio.run(run_retention(
+            database_url, args.keep_months, args.apply, args.as_of or dt.date.today())))
+    return 0
+
+
 async def create_token(
     database_url: str, username: str, admin: bool, expires_days: int | None = None
 ) -> str:
@@ -550,6 +578,24 @@ def build_parser() -> argparse.ArgumentParser:
     with_data_dir(commands.add_parser("migrate", help="migrate the database to head")).set_defaults(
         handler=cmd_migrate
     )
+
+    retention = with_data_dir(commands.add_parser(
+        "retention",
+        help="drop month partitions of portfolio/position snapshots older than N months "
+        "(dry run unless --apply)",
+    ))
+    retention.add_argument(
+        "--keep-months", type=int, required=True,
+        help="keep the current month and the N months before it whole",
+    )
+    retention.add_argument(
+        "--apply", action="store_true",
+        help="detach and drop the partitions (default: only show what would be dropped)",
+    )
+    retention.add_argument(
+        "--as-of", type=_date, default=None, help="today for the window (default: today)"
+    )
+    retention.set_defaults(handler=cmd_retention)
 
     status = with_data_dir(commands.add_parser("status", help="jobs, watermark, bus lag"))
     status.add_argument("--json", action="store_true", help="machine-readable output")

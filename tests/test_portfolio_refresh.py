@@ -157,7 +157,8 @@ async def table_digest(database_url: str) -> dict[str, tuple[int, str]]:
 async def clear_outputs(database_url: str) -> None:
     conn = await connect(database_url)
     try:
-        await conn.execute("DELETE FROM position_factor_exposures; DELETE FROM factor_exposures; "
+        # position_factor_exposures is a view over position_snapshots: it empties with them
+        await conn.execute("DELETE FROM factor_exposures; "
                            "DELETE FROM position_snapshots; DELETE FROM portfolio_snapshots")
     finally:
         await conn.close()

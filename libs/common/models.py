@@ -229,7 +229,11 @@ class SymbolFactorExposure(Base):
     r2: Mapped[float | None] = mapped_column(Float)
     n_obs: Mapped[int] = mapped_column(Integer, nullable=False)
     quality: Mapped[str] = mapped_column(String(16), nullable=False)  # full / limited
-    __table_args__ = (Index("ix_symbol_factor_exposures_date", "calculation_date"),)
+    __table_args__ = (
+        Index("ix_symbol_factor_exposures_date", "calculation_date"),
+        # the position_factor_exposures view joins on (symbol, calculation_date)
+        Index("ix_symbol_factor_exposures_symbol_date", "symbol", "calculation_date"),
+    )
 
 
 class SymbolBatchDate(Base):
@@ -249,12 +253,18 @@ class SymbolBatchDate(Base):
 
 
 class PortfolioSnapshot(Base):
+    """A portfolio's snapshot on a date; partitioned by month of snapshot_date (0009).
+
+    Keys of a partitioned table must include the partition key: the primary key is
+    (id, snapshot_date), the natural key (portfolio_id, snapshot_date) stays unique.
+    """
+
     __tablename__ = "portfolio_snapshots"
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
     portfolio_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("portfolios.id", ondelete="CASCADE"), nullable=False
     )
-    snapshot_date: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    snapshot_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     # The slot is claimed with is_complete=false and completed in one transaction with its
     # values: a complete-looking half snapshot cannot exist.
     is_complete: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
@@ -301,20 +311,27 @@ class PortfolioSnapshot(Base):
     __table_args__ = (
         UniqueConstraint("portfolio_id", "snapshot_date", name="uq_portfolio_snapshots_day"),
         Index("ix_portfolio_snapshots_date", "snapshot_date"),
+        {"postgresql_partition_by": "RANGE (snapshot_date)"},
     )
 
 
 class PositionSnapshot(Base):
-    """Per-position valuation on a snapshot date (price used and how it was obtained)."""
+    """Per-position valuation on a snapshot date (price used and how it was obtained).
+
+    Partitioned by month of snapshot_date (0009). Also carries what the position's factor
+    exposures are derived from (the position_factor_exposures view): the symbol whose betas
+    it carries (the underlying for an option), the date of those betas, its exposure value
+    (market value, or the option's dollar delta) and weight (exposure value over the
+    snapshot's equity, or gross exposure when equity <= 0); NULL weight: no exposures.
+    """
 
     __tablename__ = "position_snapshots"
-    position_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("positions.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No row-level foreign keys (0009, like 0002): their checks were ~60% of the refresh's
+    # insert. Deleting positions (or their portfolio, which cascades to them) deletes their
+    # rows through the statement-level trigger positions_delete_snapshots.
+    position_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     snapshot_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("portfolios.id", ondelete="CASCADE"), nullable=False
-    )
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
     price: Mapped[Decimal | None] = mapped_column(MONEY)
     # market/stale/model/entry
     price_source: Mapped[str] = mapped_column(String(16), nullable=False)
@@ -328,8 +345,13 @@ class PositionSnapshot(Base):
     # Options: Black-Scholes delta on the date (weights its exposures); expired options 0.
     delta: Mapped[float | None] = mapped_column(Float)
     is_expired: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    beta_symbol: Mapped[str | None] = mapped_column(String(64))
+    beta_date: Mapped[dt.date | None] = mapped_column(Date)
+    exposure_value: Mapped[float | None] = mapped_column(Float)
+    weight: Mapped[float | None] = mapped_column(Float)
     __table_args__ = (
         Index("ix_position_snapshots_portfolio_date", "portfolio_id", "snapshot_date"),
+        {"postgresql_partition_by": "RANGE (snapshot_date)"},
     )
 
 
@@ -348,28 +370,12 @@ class FactorExposure(Base):
     exposure_dollar: Mapped[Decimal | None] = mapped_column(MONEY)
 
 
-class PositionFactorExposure(Base):
-    """Position-level factor exposure on a date: the largest table (positions × factors × days).
-
-    Deliberately without foreign keys: their per-row checks were ~80% of a 10,000-portfolio
-    refresh (migration 0002). The rows are derived data rewritten per date by the refresh,
-    whose inputs (positions, factor_definitions) it reads in the same transaction; deleting
-    positions (directly or through their portfolio) removes their rows through a
-    statement-level trigger, so the cascade is kept at no cost per inserted row.
-    """
-
-    __tablename__ = "position_factor_exposures"
-    position_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    calculation_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
-    factor_name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
-    beta: Mapped[float] = mapped_column(Float, nullable=False)
-    weight: Mapped[float] = mapped_column(Float, nullable=False)
-    exposure_dollar: Mapped[Decimal | None] = mapped_column(MONEY)
-    __table_args__ = (
-        Index("ix_position_factor_exposures_portfolio_date", "portfolio_id", "calculation_date"),
-    )
-
+# position_factor_exposures is a VIEW (migration 0009), not a table: position_snapshots
+# (beta_symbol, beta_date, exposure_value, weight) x symbol_factor_exposures of that symbol
+# and date, one row per position, date and factor with beta, weight and round(beta x
+# exposure value, 2). Writing 12 rows per position per day was the refresh's dominant cost.
+# Columns: position_id, calculation_date, factor_name, portfolio_id, beta, weight,
+# exposure_dollar (see docs/design.md, tables).
 
 
 # --- risk analytics (DESIGN §10) --------------------------------------------------------

@@ -30,7 +30,7 @@ import asyncpg
 import pandas as pd
 import sqlalchemy.exc
 
-from libs.common import pnl
+from libs.common import partitions, pnl
 from libs.common.analytics import repository as analytics_repo
 from libs.common.analytics.chunk import analytics_of_refresh
 from libs.common.db import raw_connection, session_scope
@@ -195,6 +195,7 @@ async def refresh_date(
     restate: bool = False,
 ) -> DateOutcome:
     """Claim, compute, write and complete the slots of `portfolio_ids` on `day` atomically."""
+    await ensure_partitions(database_url, day)
     async with session_scope(database_url) as session:
         conn = await raw_connection(session)
         claimed = await repo.claim_slots(
@@ -214,14 +215,27 @@ async def refresh_date(
             analytics_of_refresh, result, inputs.positions, as_of, params
         )
         await analytics_repo.write_analytics(conn, day, claimed, analytics)
-        await repo.write_position_snapshots(conn, day, result.positions, model_inputs)
-        await repo.write_factor_exposures(
-            conn, day, claimed, exposures.weights, inputs.betas, exposures.portfolios
+        await repo.write_position_snapshots(
+            conn, day, result.positions, model_inputs, exposures.weights, inputs.beta_dates
         )
+        await repo.write_factor_exposures(conn, day, claimed, exposures.portfolios)
         completed = await repo.complete_snapshots(conn, day, snapshot_rows)
         if completed != len(claimed):
             raise RuntimeError(f"{day}: completed {completed} of {len(claimed)} claimed slots")
     return DateOutcome(day, completed, len(result.positions))
+
+
+async def ensure_partitions(database_url: str, day: dt.date) -> None:
+    """The month partitions of `day` (and the next month) before a chunk writes into them.
+
+    In a transaction of its own, so a chunk never holds the DDL's locks; a no-op without a
+    round trip once this process has seen them (`partitions.ensure_snapshot_partitions`).
+    """
+    if partitions.known(database_url, day):
+        return
+    async with session_scope(database_url) as session:
+        conn = await raw_connection(session)
+        await partitions.ensure_snapshot_partitions(conn, day, key=database_url)
 
 
 async def record_portfolio_failure(

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -44,6 +44,8 @@ class ChunkInputs:
     flows: pd.DataFrame  # portfolio_id, flow_date, amount (Decimal)
     prices: pd.DataFrame  # symbol, date, price
     betas: pd.DataFrame  # symbol, factor_name, beta
+    # symbol -> calculation_date of its betas above (position_snapshots.beta_date)
+    beta_dates: dict[str, dt.date] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- eligibility
@@ -385,7 +387,7 @@ async def load_chunk(
         ),
         ["symbol", "date", "price"],
     )
-    betas = _frame(
+    beta_rows = _frame(
         await conn.fetch(
             """
             -- all of a symbol's betas from one date: its latest <= the day (within the age)
@@ -394,7 +396,7 @@ async def load_chunk(
                 WHERE symbol = ANY($1::text[]) AND calculation_date <= $2
                   AND calculation_date >= $3
                 GROUP BY symbol)
-            SELECT e.symbol, e.factor_name, e.beta
+            SELECT e.symbol, e.factor_name, e.beta, e.calculation_date
             FROM symbol_factor_exposures e JOIN latest l
               ON e.symbol = l.symbol AND e.calculation_date = l.d
             """,
@@ -402,9 +404,13 @@ async def load_chunk(
             day,
             day - dt.timedelta(days=BETA_MAX_AGE_DAYS),
         ),
-        ["symbol", "factor_name", "beta"],
+        ["symbol", "factor_name", "beta", "calculation_date"],
     )
-    return ChunkInputs(portfolios, positions, previous, flows, prices, betas)
+    betas = beta_rows.loc[:, ["symbol", "factor_name", "beta"]]
+    beta_dates = dict(
+        zip(beta_rows["symbol"].tolist(), beta_rows["calculation_date"].tolist(), strict=True)
+    )
+    return ChunkInputs(portfolios, positions, previous, flows, prices, betas, beta_dates)
 
 
 def _frame(rows: list[asyncpg.Record], columns: list[str]) -> pd.DataFrame:
@@ -505,9 +511,20 @@ async def _copy_via_staging(
 
 
 async def write_position_snapshots(
-    conn: asyncpg.Connection, day: dt.date, values: pd.DataFrame, model_inputs: list[str | None]
+    conn: asyncpg.Connection,
+    day: dt.date,
+    values: pd.DataFrame,
+    model_inputs: list[str | None],
+    weights: pd.DataFrame | None = None,
+    beta_dates: dict[str, dt.date] | None = None,
 ) -> None:
-    """Per-position marks of the claimed portfolios (replacing any left by a half slot)."""
+    """Per-position marks of the claimed portfolios (replacing any left by a half slot).
+
+    With them what the position's factor exposures derive from (the position_factor_exposures
+    view): `weights` (`exposures.position_weights`: beta_symbol, exposure_value, weight of the
+    held positions with a finite weight) and `beta_dates` (symbol -> date of the betas the
+    chunk used). One row per position instead of one per position and factor.
+    """
     portfolio_ids = list(pd.unique(values["portfolio_id"]))
     await conn.execute(
         "DELETE FROM position_snapshots WHERE portfolio_id = ANY($1::uuid[]) AND snapshot_date = $2",
@@ -516,6 +533,20 @@ async def write_position_snapshots(
     )
     if values.empty:
         return
+    n = len(values)
+    symbol_of = np.full(n, None, dtype=object)
+    exposure_of = np.full(n, np.nan)
+    weight_of = np.full(n, np.nan)
+    if weights is not None and not weights.empty:
+        rows = pd.Index(values["position_id"]).get_indexer(weights["position_id"])
+        symbol_of[rows] = weights["beta_symbol"].to_numpy(dtype=object)
+        exposure_of[rows] = weights["exposure_value"].to_numpy(dtype="float64")
+        weight_of[rows] = weights["weight"].to_numpy(dtype="float64")
+    date_of = pd.Series(symbol_of, dtype=object).map(beta_dates or {})
+    beta_symbol = symbol_of.tolist()
+    beta_date = [d if isinstance(d, dt.date) else None for d in date_of.tolist()]
+    exposure_value = [None if np.isnan(x) else x for x in exposure_of.tolist()]
+    weight = [None if np.isnan(x) else x for x in weight_of.tolist()]
     active = values["is_active"].to_numpy()
     price = np.where(active, values["price"].to_numpy(dtype="float64"), np.nan)
     source = np.where(active, values["price_source"].to_numpy(dtype=object), "exited")
@@ -534,6 +565,10 @@ async def write_position_snapshots(
                              strict=True)],
             values["is_expired"].astype(bool).tolist(),
             model_inputs,
+            beta_symbol,
+            beta_date,
+            exposure_value,
+            weight,
             strict=True,
         )
     )
@@ -542,16 +577,17 @@ async def write_position_snapshots(
         "refresh_position_values",
         "position_id uuid, portfolio_id uuid, price float8, price_source text, "
         "market_value float8, daily_pnl float8, realized_pnl float8, "
-        "valuation_adjustment float8, delta float8, is_expired bool, model_inputs text",
+        "valuation_adjustment float8, delta float8, is_expired bool, model_inputs text, "
+        "beta_symbol text, beta_date date, exposure_value float8, weight float8",
         records,
         f"""
         INSERT INTO position_snapshots (position_id, snapshot_date, portfolio_id, price,
             price_source, market_value, daily_pnl, realized_pnl, valuation_adjustment, delta,
-            is_expired, model_inputs)
+            is_expired, model_inputs, beta_symbol, beta_date, exposure_value, weight)
         SELECT position_id, DATE '{day.isoformat()}', portfolio_id, round(price::numeric, 6),
                price_source, round(market_value::numeric, 2), round(daily_pnl::numeric, 2),
                round(realized_pnl::numeric, 2), round(valuation_adjustment::numeric, 2), delta,
-               is_expired, model_inputs::jsonb
+               is_expired, model_inputs::jsonb, beta_symbol, beta_date, exposure_value, weight
         FROM refresh_position_values
         """,
     )
@@ -561,68 +597,19 @@ async def write_factor_exposures(
     conn: asyncpg.Connection,
     day: dt.date,
     portfolio_ids: Sequence[uuid.UUID],
-    weights: pd.DataFrame,
-    betas: pd.DataFrame,
     portfolio_rows: pd.DataFrame,
 ) -> None:
-    """Position- and portfolio-level exposures of the claimed portfolios for `day`.
+    """Portfolio-level exposures of the claimed portfolios for `day`.
 
-    Position rows are (position x factor): instead of shipping that product (12x the
-    positions) the positions' weights and the betas the chunk was computed with are staged
-    and the database expands them with one join, giving the same beta, weight and
-    beta x market value the pure library uses for the portfolio sums.
+    Position-level exposures are not written: the position_factor_exposures view derives
+    them from the weights `write_position_snapshots` stores and the symbols' betas.
     """
-    ids = list(portfolio_ids)
-    await conn.execute(
-        "DELETE FROM position_factor_exposures WHERE portfolio_id = ANY($1::uuid[]) "
-        "AND calculation_date = $2",
-        ids,
-        day,
-    )
     await conn.execute(
         "DELETE FROM factor_exposures WHERE portfolio_id = ANY($1::uuid[]) "
         "AND calculation_date = $2",
-        ids,
+        list(portfolio_ids),
         day,
     )
-    if not weights.empty and not betas.empty:
-        await _stage(
-            conn,
-            "refresh_betas",
-            "symbol text, factor_name text, beta float8",
-            list(
-                zip(
-                    betas["symbol"].tolist(),
-                    betas["factor_name"].tolist(),
-                    betas["beta"].to_numpy(dtype="float64").tolist(),
-                    strict=True,
-                )
-            ),
-        )
-        await _copy_via_staging(
-            conn,
-            "refresh_position_weights",
-            "position_id uuid, portfolio_id uuid, beta_symbol text, exposure_value float8, "
-            "weight float8",
-            list(
-                zip(
-                    weights["position_id"].tolist(),
-                    weights["portfolio_id"].tolist(),
-                    weights["beta_symbol"].tolist(),
-                    weights["exposure_value"].to_numpy(dtype="float64").tolist(),
-                    weights["weight"].to_numpy(dtype="float64").tolist(),
-                    strict=True,
-                )
-            ),
-            f"""
-            INSERT INTO position_factor_exposures (position_id, calculation_date, factor_name,
-                portfolio_id, beta, weight, exposure_dollar)
-            SELECT w.position_id, DATE '{day.isoformat()}', b.factor_name, w.portfolio_id,
-                   b.beta, w.weight, round((b.beta * w.exposure_value)::numeric, 2)
-            FROM refresh_position_weights w JOIN refresh_betas b ON b.symbol = w.beta_symbol
-            WHERE b.beta = b.beta  -- not NaN
-            """,
-        )
     if not portfolio_rows.empty:
         records = list(
             zip(
