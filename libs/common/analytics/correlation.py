@@ -21,8 +21,9 @@ Methods:
   components of the graph {1 − ρ_ij ≤ 0.3}, which is exactly scipy's
   ``fcluster(linkage(d, "single"), 0.3, "distance")``, for all portfolios in one call.
 
-Everything is batched over portfolios: matrices are padded to the largest member count and
-the pairwise sums are four stacked matrix products.
+Everything is batched over portfolios: the pairwise statistics are computed once for the
+chunk's distinct member symbols (four matrix products) and gathered into matrices padded to
+the largest member count; the PSD repair only runs where an eigenvalue is negative.
 """
 
 from __future__ import annotations
@@ -119,6 +120,47 @@ def repair_psd(corr: np.ndarray) -> np.ndarray:
     idx = np.arange(k)
     out[:, idx, idx] = 1.0
     return 0.5 * (out + np.swapaxes(out, 1, 2))
+
+
+def symbol_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise-complete correlations, common counts and own daily std of (T, U) returns.
+
+    Each column is first centred on its own mean (correlation is shift-invariant; centring
+    keeps the sums of the pairwise formula from cancelling), so pairs without holes get the
+    plain centred product, as a per-portfolio computation would.
+    """
+    present = np.isfinite(x)
+    count = present.sum(axis=0)
+    mean = np.where(present, x, 0.0).sum(axis=0) / np.maximum(count, 1)
+    dev = np.where(present, x - mean[None, :], np.nan)
+    sq = np.where(present, dev, 0.0)
+    ss = (sq * sq).sum(axis=0)
+    sigma = np.sqrt(ss / np.maximum(count - 1, 1))
+    if present.all():
+        # No holes: one product of the unit-normalised centred columns.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = sq / np.sqrt(ss)[None, :]
+        corr = np.clip(z.T @ z, -1.0, 1.0) if x.shape[0] >= 2 else np.full((x.shape[1],) * 2, np.nan)
+        n = np.full(corr.shape, x.shape[0], dtype="int64")
+        return corr, n, sigma
+    corr3, n3 = pairwise_complete(dev[None])
+    return corr3[0], n3[0], sigma
+
+
+def repair_where_needed(corr: np.ndarray) -> np.ndarray:
+    """`repair_psd` for the matrices with a negative eigenvalue; the others are already valid.
+
+    A matrix with no negative eigenvalue is its own repair (clipping changes nothing and the
+    diagonal is already 1): only symmetrised, which saves the eigenvectors and the rebuild of
+    most portfolios (pairwise-complete matrices without holes are PSD by construction).
+    """
+    sym = 0.5 * (corr + np.swapaxes(corr, 1, 2))
+    if not len(sym):
+        return sym
+    needs = np.linalg.eigvalsh(sym).min(axis=1) < 0
+    if needs.any():
+        sym[needs] = repair_psd(sym[needs])
+    return sym
 
 
 def effective_bets(corr: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -219,15 +261,24 @@ def correlate(
     valid = index >= 0
     n_members = valid.sum(axis=1)
 
-    padded = np.concatenate([values, np.full((values.shape[0], 1), np.nan)], axis=1)
-    x = np.swapaxes(padded[:, np.where(valid, index, values.shape[1])], 0, 1)  # (P, T, K)
-    raw, observations = pairwise_complete(x, valid)
+    # Pairwise statistics depend on the two symbols only: computed once for the chunk's
+    # distinct member symbols (one (U' x U') product set), then gathered per portfolio.
+    used, local = np.unique(index[valid], return_inverse=True)
+    sym_index = np.full((p, k), len(used), dtype="int64")  # padding -> an extra NaN column
+    sym_index[valid] = local
+    corr_u, obs_u, sigma_u = symbol_statistics(values[:, used])
+    pad = len(used)
+    corr_u = np.pad(corr_u, ((0, 1), (0, 1)), constant_values=np.nan)
+    obs_u = np.pad(obs_u, ((0, 1), (0, 1)))
+    sigma_u = np.append(sigma_u, 0.0)
+    raw = corr_u[sym_index[:, :, None], sym_index[:, None, :]]
+    observations = obs_u[sym_index[:, :, None], sym_index[:, None, :]]
     both = valid[:, :, None] & valid[:, None, :]
     defined = both & (observations >= min_obs) & np.isfinite(raw)
     eye = np.broadcast_to(np.eye(k, dtype=bool), (p, k, k))
     start = np.where(defined, raw, 0.0)
     start = np.where(eye, 1.0, start)
-    corr = repair_psd(start)
+    corr = repair_where_needed(start)
     corr = np.where(both | eye, corr, 0.0)
     corr = np.where(eye, 1.0, corr)
     observations = np.where(both, observations, 0)
@@ -238,12 +289,7 @@ def correlate(
     pair_w = gross[:, :, None] * gross[:, None, :] * off
     with np.errstate(invalid="ignore", divide="ignore"):
         average = (pair_w * corr).sum(axis=(1, 2)) / pair_w.sum(axis=(1, 2))
-        present = np.isfinite(x)
-        count = present.sum(axis=1)
-        mean = np.where(present, x, 0.0).sum(axis=1) / np.maximum(count, 1)
-        dev = np.where(present, x - mean[:, None, :], 0.0)
-        sigma = np.sqrt((dev * dev).sum(axis=1) / np.maximum(count - 1, 1))
-        sigma = np.where(valid, sigma, 0.0)
+        sigma = np.where(valid, sigma_u[np.where(valid, sym_index, pad)], 0.0)
         total = gross.sum(axis=1, keepdims=True)
         w = signed / np.where(total > 0, total, 1.0)
         ws = w * sigma
