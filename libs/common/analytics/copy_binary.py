@@ -16,6 +16,7 @@ the type's binary send format (network byte order); an int16 -1 trailer.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import struct
 import uuid
 from collections.abc import Sequence
@@ -91,11 +92,8 @@ class BinaryRows:
         width = int(sizes.max()) if self.n else 0
         block = np.zeros((self.n, 4 + width), dtype=np.uint8)
         block[:, :4] = _prefix(sizes)
-        flat = np.frombuffer(b"".join(values), dtype=np.uint8)
-        rows = np.repeat(np.arange(self.n), sizes)
-        starts = np.cumsum(sizes) - sizes
-        cols = np.arange(len(flat)) - np.repeat(starts, sizes)
-        block[rows, 4 + cols] = flat
+        for row, value in enumerate(values):  # one copy per row (a per-byte index costs more)
+            block[row, 4:4 + len(value)] = np.frombuffer(value, dtype=np.uint8)
         self._add(block, 4 + sizes)
 
     def float_arrays(self, matrix: np.ndarray) -> None:
@@ -133,12 +131,15 @@ def text_array(values: Sequence[str]) -> bytes:
     """text[] in binary form (one dimension, no NULL elements; empty: zero dimensions)."""
     if not values:
         return struct.pack(">iii", 0, 0, TEXT_OID)
-    encoded = [v.encode() for v in values]
-    parts = [struct.pack(">iiiii", 1, 0, TEXT_OID, len(encoded), 1)]
-    for e in encoded:
-        parts.append(struct.pack(">i", len(e)))
-        parts.append(e)
-    return b"".join(parts)
+    return struct.pack(">iiiii", 1, 0, TEXT_OID, len(values), 1) + b"".join(
+        _text_element(v) for v in values)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _text_element(value: str) -> bytes:
+    """One array element: its length, then its UTF-8 (symbols repeat across rows: cached)."""
+    encoded = value.encode()
+    return struct.pack(">i", len(encoded)) + encoded
 
 
 def int_array(values: np.ndarray) -> bytes:
