@@ -265,9 +265,16 @@ def analytics_of_refresh(
     """Analytics of the portfolios a refresh just valued (its marks, equity and positions)."""
     values = refresh.positions
     if "expiration_date" not in values.columns and len(values):
-        expiry = positions.set_index(positions["position_id"].astype(str))["expiration_date"]
-        values = values.assign(
-            expiration_date=values["position_id"].astype(str).map(expiry).to_numpy())
+        # Only option Greeks read the expiry: map it for option rows (ids as text are slow
+        # to make for every position of a chunk).
+        is_option = values["is_option"].astype(bool).to_numpy()
+        expiration = np.full(len(values), None, dtype=object)
+        if is_option.any():
+            dated = positions[positions["expiration_date"].notna()]
+            expiry = dated.set_index(dated["position_id"].astype(str))["expiration_date"]
+            expiration[is_option] = (
+                values["position_id"][is_option].astype(str).map(expiry).to_numpy())
+        values = values.assign(expiration_date=expiration)
     snaps = refresh.snapshots
     equity = pd.Series(
         (snaps["equity_cents"] / 100.0).to_numpy(dtype="float64"),
