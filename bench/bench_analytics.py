@@ -117,7 +117,8 @@ async def seed(url: str, n_portfolios: int) -> list[uuid.UUID]:
 async def analytics_only(url: str, ids: list[uuid.UUID], chunk_size: int) -> tuple[float, dict]:
     """Time the analytics of every chunk (reads + compute + writes), P&L done beforehand."""
     params = pnl.PricingParams()
-    phases = {"read": 0.0, "compute": 0.0, "write": 0.0, "cpu": 0.0}
+    phases = {"read": 0.0, "compute": 0.0, "write": 0.0, "cpu": 0.0,
+              "cpu_read": 0.0, "cpu_compute": 0.0, "cpu_write": 0.0}
     total = 0.0
     analytics_repo._CACHE.__init__()  # a cold cache, as a fresh process has
     for chunk in plan_chunks(ids, chunk_size):
@@ -129,12 +130,18 @@ async def analytics_only(url: str, ids: list[uuid.UUID], chunk_size: int) -> tup
             c0 = time.process_time()
             as_of = await analytics_repo.load_inputs(conn, DAY, inputs.positions, inputs.betas)
             t1 = time.perf_counter()
+            c1 = time.process_time()
             out = await asyncio.to_thread(analytics_of_refresh, result, inputs.positions, as_of,
                                           params)
             t2 = time.perf_counter()
+            c2 = time.process_time()
             await analytics_repo.write_analytics(conn, DAY, chunk, out)
         t3 = time.perf_counter()  # commit included
-        phases["cpu"] += time.process_time() - c0
+        c3 = time.process_time()
+        phases["cpu"] += c3 - c0
+        phases["cpu_read"] += c1 - c0
+        phases["cpu_compute"] += c2 - c1
+        phases["cpu_write"] += c3 - c2
         phases["read"] += t1 - t0
         phases["compute"] += t2 - t1
         phases["write"] += t3 - t2
@@ -243,7 +250,9 @@ async def main() -> None:
         seconds, phases = await analytics_only(url, ids, args.chunk_size)
         print(f"analytics (reads + compute + writes, {args.chunk_size}/chunk): {seconds:.2f} s "
               f"= read {phases['read']:.2f} + compute {phases['compute']:.2f} + write "
-              f"{phases['write']:.2f}; this process's CPU {phases['cpu']:.2f} s; load average "
+              f"{phases['write']:.2f}; this process's CPU {phases['cpu']:.2f} s (read "
+              f"{phases['cpu_read']:.2f} + compute {phases['cpu_compute']:.2f} + write "
+              f"{phases['cpu_write']:.2f}: the database server's CPU not included); load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         made, whole = await whole_refresh(url, ids, args.chunk_size)
         print(f"whole refresh with analytics (snapshots {made:,}, 2 chunks in flight): "

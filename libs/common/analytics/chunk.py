@@ -229,12 +229,13 @@ def compute_analytics(
     )
 
     sector_rows: dict[str, list[dict[str, Any]]] = {pid: [] for pid in ids}
+    # Plain Python lists first: iterating pandas (string) arrays element by element is slow.
     for pid, sector, net_w, gross_w in zip(
-        sectors["portfolio_id"], sectors["sector"], sectors["net_weight"], sectors["gross_weight"],
-        strict=True,
+        sectors["portfolio_id"].tolist(), sectors["sector"].tolist(),
+        _nullable(sectors["net_weight"]), _nullable(sectors["gross_weight"]), strict=True,
     ):
         sector_rows.setdefault(pid, []).append(
-            {"sector": sector, "net_weight": _num(net_w), "gross_weight": _num(gross_w)})
+            {"sector": sector, "net_weight": net_w, "gross_weight": gross_w})
 
     correlations = corr_mod.correlate(holdings, ids, returns)
     covariance = stress.factor_covariance(returns)
@@ -251,8 +252,10 @@ def compute_analytics(
     )
 
 
-def _num(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)
+def _nullable(values: pd.Series) -> list[float | None]:
+    """Floats, NaN/inf as None (what the JSON of the sectors stores)."""
+    arr = values.to_numpy(dtype="float64")
+    return [v if ok else None for v, ok in zip(arr.tolist(), np.isfinite(arr).tolist(), strict=True)]
 
 
 def analytics_of_refresh(
@@ -262,9 +265,16 @@ def analytics_of_refresh(
     """Analytics of the portfolios a refresh just valued (its marks, equity and positions)."""
     values = refresh.positions
     if "expiration_date" not in values.columns and len(values):
-        expiry = positions.set_index(positions["position_id"].astype(str))["expiration_date"]
-        values = values.assign(
-            expiration_date=values["position_id"].astype(str).map(expiry).to_numpy())
+        # Only option Greeks read the expiry: map it for option rows (ids as text are slow
+        # to make for every position of a chunk).
+        is_option = values["is_option"].astype(bool).to_numpy()
+        expiration = np.full(len(values), None, dtype=object)
+        if is_option.any():
+            dated = positions[positions["expiration_date"].notna()]
+            expiry = dated.set_index(dated["position_id"].astype(str))["expiration_date"]
+            expiration[is_option] = (
+                values["position_id"][is_option].astype(str).map(expiry).to_numpy())
+        values = values.assign(expiration_date=expiration)
     snaps = refresh.snapshots
     equity = pd.Series(
         (snaps["equity_cents"] / 100.0).to_numpy(dtype="float64"),

@@ -21,8 +21,9 @@ Methods:
   components of the graph {1 − ρ_ij ≤ 0.3}, which is exactly scipy's
   ``fcluster(linkage(d, "single"), 0.3, "distance")``, for all portfolios in one call.
 
-Everything is batched over portfolios: matrices are padded to the largest member count and
-the pairwise sums are four stacked matrix products.
+Everything is batched over portfolios: the pairwise statistics are computed once for the
+chunk's distinct member symbols (four matrix products) and gathered into matrices padded to
+the largest member count; the PSD repair only runs where an eigenvalue is negative.
 """
 
 from __future__ import annotations
@@ -121,10 +122,64 @@ def repair_psd(corr: np.ndarray) -> np.ndarray:
     return 0.5 * (out + np.swapaxes(out, 1, 2))
 
 
+def symbol_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Pairwise-complete correlations, common counts and own daily std of (T, U) returns.
+
+    The counts are None when no column has a hole (every pair has all T observations).
+
+    Each column is first centred on its own mean (correlation is shift-invariant; centring
+    keeps the sums of the pairwise formula from cancelling), so pairs without holes get the
+    plain centred product, as a per-portfolio computation would.
+    """
+    present = np.isfinite(x)
+    count = present.sum(axis=0)
+    mean = np.where(present, x, 0.0).sum(axis=0) / np.maximum(count, 1)
+    dev = np.where(present, x - mean[None, :], np.nan)
+    sq = np.where(present, dev, 0.0)
+    ss = (sq * sq).sum(axis=0)
+    sigma = np.sqrt(ss / np.maximum(count - 1, 1))
+    if present.all():
+        # No holes: one product of the unit-normalised centred columns.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = sq / np.sqrt(ss)[None, :]
+        corr = np.clip(z.T @ z, -1.0, 1.0) if x.shape[0] >= 2 else np.full((x.shape[1],) * 2, np.nan)
+        return corr, None, sigma
+    corr3, n3 = pairwise_complete(dev[None])
+    return corr3[0], n3[0], sigma
+
+
+def repair_where_needed(corr: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`repair_psd` for the matrices with a negative eigenvalue; the others are already valid.
+
+    A matrix with no negative eigenvalue is its own repair (clipping changes nothing and the
+    diagonal is already 1): only symmetrised, which saves the eigenvectors and the rebuild of
+    most portfolios (pairwise-complete matrices without holes are PSD by construction).
+    The eigenvalues are those of each valid block (padding zeroed, as `effective_bets` takes
+    them), so the summary reuses them: returns (matrices, (P, K) eigenvalues).
+    """
+    sym = 0.5 * (corr + np.swapaxes(corr, 1, 2))
+    if not len(sym):
+        return sym, np.zeros(valid.shape)
+    both = valid[:, :, None] & valid[:, None, :]
+    values = np.linalg.eigvalsh(np.where(both, sym, 0.0))
+    needs = values.min(axis=1) < 0
+    if needs.any():
+        sym[needs] = repair_psd(sym[needs])
+        block = np.where(both[needs], sym[needs], 0.0)
+        k = sym.shape[1]
+        block[:, np.arange(k), np.arange(k)] = np.where(valid[needs], 1.0, 0.0)
+        values[needs] = np.linalg.eigvalsh(block)
+    return sym, values
+
+
 def effective_bets(corr: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """exp(entropy) of the normalised eigenvalues of each valid block (padding zeroed)."""
     block = np.where(valid[:, :, None] & valid[:, None, :], corr, 0.0)
-    values = np.clip(np.linalg.eigvalsh(block), 0.0, None)
+    return _bets_of(np.linalg.eigvalsh(block))
+
+
+def _bets_of(eigenvalues: np.ndarray) -> np.ndarray:
+    values = np.clip(eigenvalues, 0.0, None)
     total = values.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = values / total
@@ -219,18 +274,26 @@ def correlate(
     valid = index >= 0
     n_members = valid.sum(axis=1)
 
-    padded = np.concatenate([values, np.full((values.shape[0], 1), np.nan)], axis=1)
-    x = np.swapaxes(padded[:, np.where(valid, index, values.shape[1])], 0, 1)  # (P, T, K)
-    raw, observations = pairwise_complete(x, valid)
+    # Pairwise statistics depend on the two symbols only: computed once for the chunk's
+    # distinct member symbols (one (U' x U') product set), then gathered per portfolio.
+    used, local = np.unique(index[valid], return_inverse=True)
+    sym_index = np.zeros((p, k), dtype="int64")  # padding points at symbol 0, masked below
+    sym_index[valid] = local
+    corr_u, obs_u, sigma_u = symbol_statistics(values[:, used])
+    pairs = sym_index[:, :, None] * len(used) + sym_index[:, None, :]
     both = valid[:, :, None] & valid[:, None, :]
+    raw = corr_u.ravel()[pairs] if len(used) else np.full((p, k, k), np.nan)
+    if obs_u is None:  # no holes: every pair has the whole window
+        observations = np.where(both, len(values), 0)
+    else:
+        observations = np.where(both, obs_u.ravel()[pairs], 0)
     defined = both & (observations >= min_obs) & np.isfinite(raw)
     eye = np.broadcast_to(np.eye(k, dtype=bool), (p, k, k))
     start = np.where(defined, raw, 0.0)
     start = np.where(eye, 1.0, start)
-    corr = repair_psd(start)
+    corr, values_of_block = repair_where_needed(start, valid)
     corr = np.where(both | eye, corr, 0.0)
     corr = np.where(eye, 1.0, corr)
-    observations = np.where(both, observations, 0)
 
     # Summary statistics.
     gross = np.abs(signed)
@@ -238,12 +301,7 @@ def correlate(
     pair_w = gross[:, :, None] * gross[:, None, :] * off
     with np.errstate(invalid="ignore", divide="ignore"):
         average = (pair_w * corr).sum(axis=(1, 2)) / pair_w.sum(axis=(1, 2))
-        present = np.isfinite(x)
-        count = present.sum(axis=1)
-        mean = np.where(present, x, 0.0).sum(axis=1) / np.maximum(count, 1)
-        dev = np.where(present, x - mean[:, None, :], 0.0)
-        sigma = np.sqrt((dev * dev).sum(axis=1) / np.maximum(count - 1, 1))
-        sigma = np.where(valid, sigma, 0.0)
+        sigma = np.where(valid, sigma_u[sym_index] if len(used) else 0.0, 0.0)
         total = gross.sum(axis=1, keepdims=True)
         w = signed / np.where(total > 0, total, 1.0)
         ws = w * sigma
@@ -251,7 +309,7 @@ def correlate(
         ratio = np.abs(ws).sum(axis=1) / np.sqrt(port_var)
     ratio = np.where((n_members >= 1) & (port_var > 0), ratio, np.nan)
     average = np.where(n_members >= 2, average, np.nan)
-    bets = np.where(n_members >= 1, effective_bets(corr, valid), np.nan)
+    bets = np.where(n_members >= 1, _bets_of(values_of_block), np.nan)
     labels = cluster_labels(corr, valid)
     excluded = [excluded_by.get(pid, []) for pid in portfolio_ids]
     return CorrelationResult(

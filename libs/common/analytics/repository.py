@@ -1,4 +1,4 @@
-"""SQL of the risk analytics: as-of reads and set-based writes for a chunk, in its transaction.
+"""SQL of the risk analytics: as-of reads and set-based writes (binary COPY) for a chunk, in its transaction.
 
 Called by the snapshot use case between computing and completing the slots, so analytics are
 written in the same transaction as the snapshot: a crash leaves neither, a redo rewrites
@@ -19,8 +19,10 @@ import asyncpg
 import numpy as np
 import pandas as pd
 
+from libs.common.analytics import copy_binary as cb
 from libs.common.analytics import risk
 from libs.common.analytics.chunk import AnalyticsInputs, AnalyticsResult
+from libs.common.analytics.copy_binary import BinaryRows
 from libs.common.analytics.stress import GAMMA_KEY
 from libs.common.factors import FACTOR_ETFS
 
@@ -139,132 +141,132 @@ def _round(values: Any) -> np.ndarray:
         return np.where(np.isfinite(arr), np.round(arr * scale) / scale, arr)
 
 
-def _f(values: Any) -> list[float | None]:
-    """Floats for the database (rounded), NaN/inf as NULL."""
-    arr = _round(values)
-    return [None if not np.isfinite(v) else v for v in arr.tolist()]
+#: The chunk's tables, deleted in one statement (one round trip) before the COPYs.
+_TABLES = ("portfolio_risk_metrics", "position_greeks", "portfolio_correlations",
+           "portfolio_stress_results")
+_DELETE = "WITH " + ", ".join(
+    f"d{i} AS (DELETE FROM {t} WHERE portfolio_id = ANY($1::uuid[]) AND calculation_date = $2 "
+    "RETURNING 1)" for i, t in enumerate(_TABLES)) + " SELECT 1"
+
+RISK_FLOATS = ["volatility_21d", "volatility_63d", "volatility_forecast", "volatility_percentile",
+               "beta_regression", "beta_r2", "beta_exposure_weighted", "beta_provider",
+               "beta_provider_coverage", "hhi", "effective_positions", "top3_weight",
+               "top10_weight"]
+GREEK_COLUMNS = ["delta", "gamma", "theta", "vega", "rho", "delta_dollars", "gamma_dollars"]
+GREEK_INPUTS = ["underlying_price", "strike", "years", "volatility", "rate"]
 
 
-def _array(values: np.ndarray) -> list[float | None]:
-    return [None if v != v else v for v in _round(values).tolist()]  # NaN -> NULL element
-
-
-async def _replace(
-    conn: asyncpg.Connection, table: str, day: dt.date, ids: list[uuid.UUID],
-    columns: list[str], records: list[tuple[Any, ...]],
-) -> None:
-    await conn.execute(
-        f"DELETE FROM {table} WHERE portfolio_id = ANY($1::uuid[]) AND calculation_date = $2",
-        ids, day)
-    if records:
-        await conn.copy_records_to_table(table, records=records, columns=columns)
+def _kept(ids: pd.Index | pd.Series, as_uuid: dict[str, uuid.UUID]) -> np.ndarray:
+    """Rows whose portfolio is one of the chunk's (the only ones the chunk may write)."""
+    return np.asarray(pd.Index(ids).isin(list(as_uuid)), dtype=bool)
 
 
 async def write_analytics(
     conn: asyncpg.Connection, day: dt.date, portfolio_ids: Sequence[uuid.UUID],
     result: AnalyticsResult,
 ) -> None:
-    """Replace the chunk's analytics rows for ``day`` (COPY, four tables)."""
+    """Replace the chunk's analytics rows for ``day``: one DELETE, then a binary COPY per table.
+
+    Floats are rounded to ``SIGNIFICANT`` digits; NaN/inf are NULL in scalar columns and kept
+    as NaN inside the stress arrays (readers show null).
+    """
     ids = list(portfolio_ids)
     as_uuid = {str(p): p for p in ids}
-    r = result.risk
-    keep = r["portfolio_id"].isin(as_uuid).to_numpy()
-    r = r[keep]
-    unclassified = result.unclassified
-    risk_cols = ["volatility_21d", "volatility_63d", "volatility_forecast", "volatility_percentile",
-                 "beta_regression", "beta_r2", "beta_exposure_weighted", "beta_provider",
-                 "beta_provider_coverage", "hhi", "effective_positions", "top3_weight",
-                 "top10_weight"]
-    floats = {c: _f(r[c]) for c in risk_cols}
-    greek_cols = ["delta", "gamma", "theta", "vega", "rho", "delta_dollars", "gamma_dollars"]
-    greeks = {c: _round(np.nan_to_num(r[f"greek_{c}"].to_numpy(dtype="float64"))).tolist()
-              for c in greek_cols}
+    await conn.execute(_DELETE, ids, day)
+
+    r = result.risk[_kept(result.risk["portfolio_id"], as_uuid)]
     pids = r["portfolio_id"].tolist()
-    basis = r["return_basis"].tolist()
-    sessions = r["history_sessions"].astype(int).tolist()
-    n_obs = r["beta_n_obs"].astype(int).tolist()
-    records = [
-        (
-            as_uuid[pid], day, basis[i], sessions[i],
-            *(floats[c][i] for c in risk_cols[:6]), n_obs[i],
-            *(floats[c][i] for c in risk_cols[6:]),
-            json.dumps(result.sectors.get(pid, [])), unclassified.get(pid, []),
-            *(greeks[c][i] for c in greek_cols),
-        )
-        for i, pid in enumerate(pids)
-    ]
-    await _replace(
-        conn, "portfolio_risk_metrics", day, ids,
+    rows = BinaryRows(len(r))
+    rows.uuids([as_uuid[p] for p in pids])
+    rows.date(day)
+    rows.varlen([cb.text(b) for b in r["return_basis"]])
+    rows.ints(r["history_sessions"].to_numpy())
+    for c in RISK_FLOATS[:6]:
+        rows.floats(_round(r[c]))
+    rows.ints(r["beta_n_obs"].to_numpy())
+    for c in RISK_FLOATS[6:]:
+        rows.floats(_round(r[c]))
+    rows.varlen([cb.jsonb(json.dumps(result.sectors.get(p, []))) for p in pids])
+    rows.varlen([cb.text_array(result.unclassified.get(p, [])) for p in pids])
+    for c in GREEK_COLUMNS:
+        rows.floats(_round(np.nan_to_num(r[f"greek_{c}"].to_numpy(dtype="float64"))))
+    await cb.copy_rows(
+        conn, "portfolio_risk_metrics",
         ["portfolio_id", "calculation_date", "return_basis", "history_sessions",
-         *risk_cols[:6], "beta_n_obs", *risk_cols[6:], "sectors", "unclassified_symbols",
-         *greek_cols],
-        records,
+         *RISK_FLOATS[:6], "beta_n_obs", *RISK_FLOATS[6:], "sectors", "unclassified_symbols",
+         *GREEK_COLUMNS],
+        rows,
     )
 
     g = result.greeks
-    g = g[g["portfolio_id"].isin(as_uuid)]
-    greek_value_cols = [*greek_cols, "underlying_price", "strike", "years", "volatility", "rate"]
-    gvals = {c: _f(g[c]) for c in greek_value_cols}
-    await _replace(
-        conn, "position_greeks", day, ids,
-        ["portfolio_id", "calculation_date", "position_id", *greek_value_cols],
-        [
-            (as_uuid[pid], day, pos, *(gvals[c][i] for c in greek_value_cols))
-            for i, (pid, pos) in enumerate(zip(g["portfolio_id"], g["position_id"], strict=True))
-        ],
-    )
+    g = g[_kept(g["portfolio_id"], as_uuid)]
+    rows = BinaryRows(len(g))
+    rows.uuids([as_uuid[p] for p in g["portfolio_id"]])
+    rows.date(day)
+    rows.uuids([p if isinstance(p, uuid.UUID) else uuid.UUID(str(p)) for p in g["position_id"]])
+    for c in [*GREEK_COLUMNS, *GREEK_INPUTS]:
+        rows.floats(_round(g[c]))
+    await cb.copy_rows(
+        conn, "position_greeks",
+        ["portfolio_id", "calculation_date", "position_id", *GREEK_COLUMNS, *GREEK_INPUTS], rows)
 
-    c = result.correlations
-    corr = _round(c.corr)
-    summary = [_f(c.average_correlation), _f(c.diversification_ratio), _f(c.effective_bets)]
-    corr_records = []
+    cr = result.correlations
+    keep = np.flatnonzero(_kept(cr.portfolio_ids, as_uuid))
+    corr = _round(cr.corr[keep])
     triangles: dict[int, tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]] = {}
-    for row, pid in enumerate(c.portfolio_ids):
-        if pid not in as_uuid:
-            continue
-        k = int(c.n_members[row])
+    packed_corr: list[bytes] = []
+    packed_obs: list[bytes] = []
+    symbols: list[bytes] = []
+    labels: list[bytes] = []
+    for at, row in enumerate(keep):
+        k = int(cr.n_members[row])
         if k not in triangles:
             triangles[k] = (np.triu_indices(k, 1), np.triu_indices(k, 0))
         upper, upper_diag = triangles[k]
-        corr_records.append((
-            as_uuid[pid], day, c.window_sessions, c.symbols[row, :k].tolist(),
-            corr[row, :k, :k][upper].astype("<f8").tobytes(),
-            c.observations[row, :k, :k][upper_diag].astype("<i4").tobytes(),
-            c.labels[row, :k].tolist(), c.excluded[row],
-            summary[0][row], summary[1][row], summary[2][row],
-        ))
-    await _replace(
-        conn, "portfolio_correlations", day, ids,
+        packed_corr.append(corr[at, :k, :k][upper].astype("<f8").tobytes())
+        packed_obs.append(cr.observations[row, :k, :k][upper_diag].astype("<i4").tobytes())
+        symbols.append(cb.text_array(cr.symbols[row, :k].tolist()))
+        labels.append(cb.int_array(cr.labels[row, :k]))
+    rows = BinaryRows(len(keep))
+    rows.uuids([as_uuid[cr.portfolio_ids[row]] for row in keep])
+    rows.date(day)
+    rows.ints(np.full(len(keep), cr.window_sessions))
+    rows.varlen(symbols)
+    rows.varlen(packed_corr)
+    rows.varlen(packed_obs)
+    rows.varlen(labels)
+    rows.varlen([cb.text_array(cr.excluded[row]) for row in keep])
+    rows.floats(_round(cr.average_correlation[keep]))
+    rows.floats(_round(cr.diversification_ratio[keep]))
+    rows.floats(_round(cr.effective_bets[keep]))
+    await cb.copy_rows(
+        conn, "portfolio_correlations",
         ["portfolio_id", "calculation_date", "window_sessions", "symbols", "correlations",
          "observations", "cluster_labels", "excluded_symbols", "average_correlation",
          "diversification_ratio", "effective_bets"],
-        corr_records,
+        rows,
     )
 
     s = result.stress
     scen = s.moves.scenarios
-    scenario_ids = scen["scenario_id"].tolist()
-    versions = [int(v) for v in scen["version"]]
-    factors = [*s.moves.factors, GAMMA_KEY]
-    moves = _round(s.moves.correlated).astype("<f8").tobytes()
-    equity = _f(result.risk["equity"])
     n = len(s.portfolio_ids)
-    direct = _round(s.direct).tolist()
-    correlated = _round(s.correlated).tolist()
-    pct_equity = _round(s.pct_of_equity).tolist()
-    pct_gross = _round(s.pct_of_gross).tolist()
-    contributions = _round(s.contributions.reshape(n, -1)).astype("<f8")
-
-    # NaN (an undefined percentage) is stored as NaN in the arrays; readers show null.
-    stress_records = [
-        (as_uuid[pid], day, equity[row], scenario_ids, versions, factors, direct[row],
-         correlated[row], pct_equity[row], pct_gross[row], moves, contributions[row].tobytes())
-        for row, pid in enumerate(s.portfolio_ids) if pid in as_uuid
-    ]
-    await _replace(
-        conn, "portfolio_stress_results", day, ids,
+    keep = np.flatnonzero(_kept(s.portfolio_ids, as_uuid))
+    rows = BinaryRows(len(keep))
+    rows.uuids([as_uuid[s.portfolio_ids[row]] for row in keep])
+    rows.date(day)
+    rows.floats(_round(result.risk["equity"].to_numpy(dtype="float64")[keep]))
+    rows.constant(cb.text_array([str(x) for x in scen["scenario_id"]]))
+    rows.constant(cb.int_array(np.asarray([int(v) for v in scen["version"]], dtype="int64")))
+    rows.constant(cb.text_array([*s.moves.factors, GAMMA_KEY]))
+    for matrix in (s.direct, s.correlated, s.pct_of_equity, s.pct_of_gross):
+        rows.float_arrays(_round(matrix[keep]))
+    rows.constant(_round(s.moves.correlated).astype("<f8").tobytes())
+    contributions = _round(s.contributions.reshape(n, -1)[keep]).astype("<f8")
+    rows.fixed(contributions.view(np.uint8).reshape(len(keep), contributions.shape[1] * 8), "u1")
+    await cb.copy_rows(
+        conn, "portfolio_stress_results",
         ["portfolio_id", "calculation_date", "equity", "scenario_ids", "scenario_versions",
          "factors", "direct_impact", "correlated_impact", "impact_pct_of_equity",
          "impact_pct_of_gross", "factor_moves", "contributions"],
-        stress_records,
+        rows,
     )
