@@ -23,13 +23,14 @@ from typing import Any, Self
 import pandas as pd
 import pytest
 
+from libs.common import calendar
 from libs.common.bus import TransientError
 from libs.common.events import BatchNightlyRequested, Message, SymbolBatchCompleted
-from libs.common.factors import FACTOR_ETFS
+from libs.common.factors import FACTOR_ETFS, LOOKBACK_SESSIONS
 from libs.common.jobs import COMPLETED, FAILED, PARTIAL, RUNNING, Job
 from libs.common.market_data.base import Fundamentals, PriceResult, Profile
 from libs.common.market_data.sample import SampleProvider
-from services.symbol_batch.handlers import BatchSettings, SymbolBatch
+from services.symbol_batch.handlers import BatchSettings, SymbolBatch, price_starts
 from services.symbol_batch.store import JOB_TYPE, CompletedDate
 
 D = dt.date
@@ -90,6 +91,12 @@ class FakeRepository:
 
     async def active_universe(self) -> list[tuple[str, str | None]]:
         return sorted(self.w.universe)
+
+    async def last_price_dates(self, symbols: Sequence[str]) -> dict[str, dt.date]:
+        if not self.w.bars:
+            return {}
+        last = pd.concat(self.w.bars).groupby("symbol")["date"].max()
+        return {s: pd.Timestamp(last[s]).date() for s in symbols if s in last.index}
 
     async def profiles_due(self, symbols: Sequence[str], as_of: dt.date,
                            max_age_days: int) -> list[str]:
@@ -418,3 +425,29 @@ async def test_a_rerun_and_the_nightly_runs_around_it_do_not_redo_each_other() -
     assert h.world.dates[D(2025, 11, 24)].run_id == rerun_id
     assert h.announced() == [(D(2025, 11, 24), False), (D(2025, 11, 24), True),
                              (D(2025, 11, 25), False)]
+
+
+def test_price_starts_fetch_only_what_each_symbol_lacks_plus_the_overlap() -> None:
+    window_start, first = D(2024, 11, 25), D(2025, 11, 26)  # Wednesday
+    last = {"WARM": D(2025, 11, 25), "BEHIND": D(2025, 11, 14), "LATER": D(2025, 11, 28),
+            "SILENT": D(2024, 6, 3)}
+    starts = price_starts(["NEW", "WARM", "BEHIND", "LATER", "SILENT"], last, window_start, first)
+    assert starts == {
+        "NEW": window_start,  # never priced: the whole factor window
+        "SILENT": window_start,  # nothing inside the window
+        "WARM": D(2025, 11, 18),  # 5 sessions before its last bar (Tue 25th)
+        "BEHIND": D(2025, 11, 7),  # 5 sessions before Fri 14th: its gap is covered
+        "LATER": D(2025, 11, 19),  # a rerun of an older date: 5 sessions before that date
+    }
+
+
+async def test_the_next_night_fetches_a_few_sessions_not_the_whole_window() -> None:
+    h = Harness()
+    await h.trigger(D(2025, 11, 25))
+    assert {w for w in h.provider.price_windows} == {
+        (calendar.lookback_start(D(2025, 11, 25), LOOKBACK_SESSIONS), D(2025, 11, 25))}
+    h.provider.price_windows.clear()
+    await h.trigger(D(2025, 11, 26))
+    # every symbol has bars up to the 25th: from 5 sessions before it, one call per chunk
+    assert set(h.provider.price_windows) == {(D(2025, 11, 18), D(2025, 11, 26))}
+    assert h.world.betas_written == [D(2025, 11, 25), D(2025, 11, 26)]

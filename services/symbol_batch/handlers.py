@@ -95,6 +95,38 @@ def resolve_target(
 
 #: A partial date (some symbols failed) is retried by the runs of this many sessions after it.
 REDO_PARTIAL_SESSIONS = 5
+#: Sessions of bars fetched again before the first date of a run (and before a symbol's last
+#: stored bar): a vendor's late corrections of recent bars are picked up, and a run never
+#: leaves a gap. Only a symbol with no bars in the factor window fetches the whole window.
+PRICE_OVERLAP_SESSIONS = 5
+
+
+def price_starts(
+    symbols: Sequence[str], last: dict[str, dt.date], window_start: dt.date, first: dt.date
+) -> dict[str, dt.date]:
+    """Where each symbol's price fetch starts for a run whose first date is `first`.
+
+    A symbol with bars reaching into the factor window (last bar on or after `window_start`)
+    needs only what it lacks plus the overlap: from PRICE_OVERLAP_SESSIONS sessions before
+    the earlier of `first` and its last bar. Any other symbol (new, or silent since before
+    the window) fetches the whole window. Re-fetching the whole window for every symbol every
+    night cost ~100 s for 5,000 symbols (1.3 M bars upserted for one new date).
+    """
+    before: dict[dt.date, dt.date] = {}  # memo: few distinct dates, calendar lookups are slow
+
+    def overlap_from(day: dt.date) -> dt.date:
+        if day not in before:
+            before[day] = calendar.lookback_start(day, PRICE_OVERLAP_SESSIONS)
+        return before[day]
+
+    out = {}
+    for symbol in symbols:
+        seen = last.get(symbol)
+        if seen is None or seen < window_start:
+            out[symbol] = window_start
+        else:
+            out[symbol] = max(window_start, overlap_from(min(first, seen)))
+    return out
 
 
 def rerun_key(target: dt.date, message: BatchNightlyRequested) -> str:
@@ -307,7 +339,10 @@ class SymbolBatch:
         outcome.timings["profiles"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         window_start = calendar.lookback_start(dates[0], LOOKBACK_SESSIONS)
-        await self._prices(job, universe.symbols, window_start, target, outcome)
+        async with self.uow() as work:
+            last = await work.batch.last_price_dates(universe.symbols)
+        starts = price_starts(universe.symbols, last, window_start, dates[0])
+        await self._prices(job, starts, target, outcome)
         outcome.timings["prices"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         await self._fundamentals(job, universe.symbols, target, outcome)
@@ -333,16 +368,24 @@ class SymbolBatch:
                               outcome, "profile")
 
     async def _prices(
-        self, job: Job, symbols: list[str], start: dt.date, end: dt.date, outcome: RunOutcome
+        self, job: Job, starts: dict[str, dt.date], end: dt.date, outcome: RunOutcome
     ) -> None:
+        """Every date of the run at once, each symbol from its own start (`price_starts`);
+        symbols are taken in start order, so a chunk makes one call per distinct start."""
         async def fetch_and_write(chunk: list[str]) -> dict[str, str]:
-            result = await self.provider.fetch_prices(chunk, start, end)  # all dates at once
+            bars, failures = [], {}
+            for start in sorted({starts[s] for s in chunk}):
+                result = await self.provider.fetch_prices(
+                    [s for s in chunk if starts[s] == start], start, end)
+                bars.append(result.bars)
+                failures.update(result.failures)
             async with self.uow() as work:
-                await work.batch.upsert_prices(result.bars)
-            return result.failures
+                await work.batch.upsert_prices(pd.concat(bars) if len(bars) > 1 else bars[0])
+            return failures
 
+        ordered = sorted(starts, key=lambda s: (starts[s], s))
         # A price failure is the one that matters: it replaces an earlier profile failure.
-        await self._in_chunks(job, "prices", symbols, PRICE_CHUNK, fetch_and_write,
+        await self._in_chunks(job, "prices", ordered, PRICE_CHUNK, fetch_and_write,
                               outcome, "prices", replace=True)
 
     async def _fundamentals(

@@ -47,6 +47,8 @@ class SymbolBatchRepository(Protocol):
 
     async def active_universe(self) -> list[tuple[str, str | None]]: ...
 
+    async def last_price_dates(self, symbols: Sequence[str]) -> dict[str, dt.date]: ...
+
     async def profiles_due(self, symbols: Sequence[str], as_of: dt.date,
                            max_age_days: int) -> list[str]: ...
 
@@ -114,6 +116,9 @@ class SqlSymbolBatchRepository:
 
     async def active_universe(self) -> list[tuple[str, str | None]]:
         return await store.active_universe(self.session)
+
+    async def last_price_dates(self, symbols: Sequence[str]) -> dict[str, dt.date]:
+        return await store.last_price_dates(self.session, symbols)
 
     async def profiles_due(self, symbols: Sequence[str], as_of: dt.date,
                            max_age_days: int) -> list[str]:

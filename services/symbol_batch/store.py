@@ -71,6 +71,18 @@ async def active_universe(session: AsyncSession) -> list[tuple[str, str | None]]
     return [(r["symbol"], r["asset_type"]) for r in rows]
 
 
+async def last_price_dates(session: AsyncSession, symbols: Sequence[str]) -> dict[str, dt.date]:
+    """The latest stored bar of each symbol (`symbol_universe.last_price_date`, advanced by
+    every price upsert); symbols never priced are absent."""
+    connection = await raw_connection(session)
+    rows = await connection.fetch(
+        "SELECT symbol, last_price_date FROM symbol_universe "
+        "WHERE symbol = ANY($1::text[]) AND last_price_date IS NOT NULL",
+        list(symbols),
+    )
+    return {r["symbol"]: r["last_price_date"] for r in rows}
+
+
 async def profiles_due(
     session: AsyncSession, symbols: Sequence[str], as_of: dt.date, max_age_days: int
 ) -> list[str]:
