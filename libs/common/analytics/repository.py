@@ -132,13 +132,34 @@ async def active_scenarios(conn: asyncpg.Connection) -> pd.DataFrame:
 SIGNIFICANT = 12
 
 
+#: Largest power of ten applied in one multiplication: 10**308 is the largest finite one;
+#: the scale of a value below 1e-297 (a deep out-of-the-money option's gamma, a vanishing
+#: stress contribution) is 10**309 or more and overflows float64 to inf.
+_MAX_STEP = 308.0
+
+
 def _round(values: Any) -> np.ndarray:
+    """``values`` rounded to ``SIGNIFICANT`` significant digits; finite in, finite out.
+
+    Why two steps: the scale 10**(digits - 1 - magnitude) of a value below 1e-297 overflows
+    float64, and inf/inf turned such a legitimate number into NaN, which is NULL in the
+    binary COPY and broke the NOT NULL Greek columns of ``portfolio_risk_metrics`` (the
+    whole chunk failed and was bisected, one portfolio per deep out-of-the-money option
+    recorded as failed). The scale is split into a factor of at most 10**308 and the rest;
+    wherever the old single scale was finite the rest is 10**0 == 1, so those values round
+    bit for bit as before.
+    NaN and infinities pass through unchanged (NULL in scalar columns, NaN in arrays).
+    """
     arr = np.asarray(values, dtype="float64")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        magnitude = np.floor(np.log10(np.abs(np.where(arr == 0, 1.0, arr))))
-        scale = 10.0 ** (SIGNIFICANT - 1 - np.nan_to_num(magnitude, nan=0.0, posinf=0.0,
-                                                           neginf=0.0))
-        return np.where(np.isfinite(arr), np.round(arr * scale) / scale, arr)
+    finite = np.isfinite(arr)
+    safe = np.where(finite, arr, 0.0)
+    with np.errstate(divide="ignore"):
+        magnitude = np.floor(np.log10(np.abs(np.where(safe == 0, 1.0, safe))))
+    exponent = SIGNIFICANT - 1 - magnitude
+    first = np.minimum(exponent, _MAX_STEP)
+    scale_first, scale_rest = 10.0 ** first, 10.0 ** (exponent - first)
+    rounded = np.round(safe * scale_first * scale_rest) / scale_rest / scale_first
+    return np.where(finite, rounded, arr)
 
 
 #: The chunk's tables, deleted in one statement (one round trip) before the COPYs.
