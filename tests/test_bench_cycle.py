@@ -48,7 +48,7 @@ def test_bench_cycle_prints_every_figure_and_writes_the_snapshots(servers, datab
     assert 0 <= handoff < cycle and 0 < refresh < cycle, out
     assert int(figures.group(4)) == PORTFOLIOS
     rows = re.search(r"rows written (\d+) \(portfolio_snapshots=(\d+) position_snapshots=(\d+) "
-                     r"position_factor_exposures=(\d+)\) \| db growth (-?[\d.]+) MiB", out)
+                     r"factor_exposures=(\d+)\) \| db growth (-?[\d.]+) MiB", out)
     assert rows and int(rows.group(2)) == PORTFOLIOS, out
     assert int(rows.group(3)) == PORTFOLIOS * POSITIONS, out
     rss = dict(re.findall(r"([\w\[\]]+)=(\d+)MiB", out.split("peak RSS", 1)[1].splitlines()[0]))
