@@ -116,7 +116,8 @@ async def _lock_waiters(database_url: str) -> int:
     try:
         return await connection.fetchval(
             "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-            "WHERE c.relname = 'portfolio_snapshots' AND NOT l.granted")
+            # the table or one of its month partitions (LOCK TABLE on it locks them all)
+            "WHERE c.relname LIKE 'portfolio\\_snapshots%' AND NOT l.granted")
     finally:
         await connection.close()
 
