@@ -42,7 +42,6 @@ class FirstSnapshotGatherer:
         self._pending: dict[dt.date, dict[uuid.UUID, asyncio.Future[list[DateOutcome]]]] = {}
         self._timers: dict[dt.date, asyncio.Task[None]] = {}
         self._running: set[asyncio.Task[None]] = set()
-        self.batches: list[int] = []  # sizes of the refreshes made (for logs and tests)
 
     async def snapshot(self, day: dt.date, portfolio_id: uuid.UUID) -> list[DateOutcome]:
         """The outcomes of the refresh that made `portfolio_id`'s snapshot on `day` (shared
@@ -78,7 +77,6 @@ class FirstSnapshotGatherer:
     async def _run(
         self, day: dt.date, group: dict[uuid.UUID, asyncio.Future[list[DateOutcome]]]
     ) -> None:
-        self.batches.append(len(group))
         try:
             outcomes = await self._refresh(day, sorted(group))
         except BaseException as exc:  # every request of the group fails the same way
