@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from libs.common import partitions
+from libs.common.config import get_settings
 from libs.common.db import asyncpg_dsn, dispose_engines
 from libs.common.migrate import downgrade, upgrade
 from libs.common.snapshots.refresh import refresh_portfolios
@@ -301,7 +302,14 @@ async def _seed_months(url: str, months: list[dt.date]) -> None:
 def _retention(url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                *extra: str) -> str:
     monkeypatch.setenv("DATABASE_URL", url)
-    assert cli_main(["retention", "--keep-months", "3", "--as-of", "2024-06-15", *extra]) == 0
+    # The process-wide settings are cached: an earlier test's would send the CLI to another
+    # database (the whole suite in one process found the base database there).
+    get_settings.cache_clear()
+    try:
+        assert cli_main(["retention", "--keep-months", "3", "--as-of", "2024-06-15",
+                         *extra]) == 0
+    finally:
+        get_settings.cache_clear()
     return capsys.readouterr().out
 
 
