@@ -183,7 +183,7 @@ def system(servers: Servers, template_database: str) -> Iterator[System]:
     finally:
         for process in processes:
             with contextlib.suppress(Exception):
-                process.stop()
+                process.terminate()
         asyncio.run(_delete_streams(servers.nats_url, bus.Topology(prefix)))
         asyncio.run(_admin_execute(servers, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
