@@ -15,6 +15,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import psutil
 import pytest
 
@@ -86,7 +87,18 @@ async def test_up_with_three_nats_nodes(cluster_env: None, tmp_path: Path, bus_p
         node.stop()
         await asyncio.to_thread(node.start)
         await asyncio.to_thread(cluster.wait_healthy)  # type: ignore[union-attr]
-        assert (await _stream_peers(runtime["nats_url"], bus_prefix)) == peers
+        # JetStream answers once the restarted node's streams have their leaders again; until
+        # then an API request may time out (seen in CI): ask until the peers are back.
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                again = await _stream_peers(runtime["nats_url"], bus_prefix)
+            except nats.errors.TimeoutError:
+                again = None
+            if again == peers:
+                break
+            assert asyncio.get_running_loop().time() < deadline, again
+            await asyncio.sleep(0.5)
     finally:
         await supervisor.stop()
     assert not (tmp_path / "data" / "runtime.json").exists()
