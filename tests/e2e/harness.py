@@ -13,17 +13,19 @@ import asyncio
 import datetime as dt
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from sqlalchemy import text
 
 from libs.common import bus
 from libs.common.auth import create_user_token
-from libs.common.db import dispose_engines, session_scope
+from libs.common.db import asyncpg_dsn, dispose_engines, session_scope
 from libs.common.events import BatchNightlyRequested
 from tests.processes import ServiceProcess
 
@@ -216,6 +218,29 @@ class System:
                 return [dict(r) for r in result.mappings()]
 
         return run(fetch())
+
+    def lock_waiters(self, table: str) -> int:
+        """Sessions waiting for a lock on `table` or one of its month partitions."""
+        rows = self.query(
+            "SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE (c.relname = :t OR c.relname LIKE :partitions) AND NOT l.granted",
+            t=table, partitions=table.replace("_", "\\_") + "\\_%")
+        return int(rows[0]["n"])
+
+    @contextmanager
+    def writes_held(self, table: str) -> Iterator[None]:
+        """A test transaction holds a SHARE lock on `table` (and its partitions) for the
+        block: every writer of it waits there, so a job that writes it stays `running`
+        until the block ends, whatever the machine's speed."""
+        loop = asyncio.new_event_loop()
+        blocker = loop.run_until_complete(asyncpg.connect(asyncpg_dsn(self.database_url)))
+        try:
+            loop.run_until_complete(blocker.execute(f"BEGIN; LOCK TABLE {table} IN SHARE MODE"))
+            yield
+        finally:
+            loop.run_until_complete(blocker.execute("ROLLBACK"))
+            loop.run_until_complete(blocker.close())
+            loop.close()
 
     def wait_until(self, what: str, predicate: Callable[[], bool], timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

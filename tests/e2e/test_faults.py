@@ -152,20 +152,29 @@ def test_nightly_trigger_fired_ten_times_by_two_cron_hosts(
     assert runs and all(r["n"] == 1 for r in runs)
 
 
+# A table each service's job writes in the middle of its work: holding its writes keeps the
+# job running (a slow database), so the kill lands mid-job however fast the machine is.
+WRITES_OF = {"symbol_batch": "symbol_factor_exposures", "portfolio_refresh": "portfolio_snapshots"}
+
+
 def kill_the_owner(system: System, service: str, timeout: float = 180.0) -> dict[str, Any]:
-    """SIGKILL the replica of `service` that owns a running job, at once: the kill lands in
-    the middle of that job's work (its row names the owner's pid in `worker_id`)."""
+    """SIGKILL the replica of `service` that owns a running job while that job waits on a
+    write the test holds back (its row names the owner's pid in `worker_id`); the row must
+    still be `running` after the kill, then the writes are let go and a survivor takes over."""
+    table = WRITES_OF[service]
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = system.query(
-            "SELECT job_type, job_key, worker_id FROM batch_run_history WHERE status = 'running' "
-            "AND job_type = ANY(:types) AND worker_id IS NOT NULL", types=list(WORK_OF[service]))
-        pids = {p.process.pid: i for i, p in enumerate(system.processes[service])
-                if p.process is not None and p.process.poll() is None}
-        for row in rows:
-            pid = int(row["worker_id"].split(":")[1])
-            if pid in pids:
-                system.kill(service, pids[pid])
+    with system.writes_held(table):
+        while time.monotonic() < deadline:
+            rows = system.query(
+                "SELECT job_type, job_key, worker_id FROM batch_run_history "
+                "WHERE status = 'running' AND job_type = ANY(:types) AND worker_id IS NOT NULL",
+                types=list(WORK_OF[service]))
+            pids = {p.process.pid: i for i, p in enumerate(system.processes[service])
+                    if p.process is not None and p.process.poll() is None}
+            owned = [r for r in rows if int(r["worker_id"].split(":")[1]) in pids]
+            if owned and system.lock_waiters(table):
+                row = owned[0]
+                system.kill(service, pids[int(row["worker_id"].split(":")[1])])
                 still = system.query(
                     "SELECT status FROM batch_run_history WHERE job_type = :t AND job_key = :k "
                     "ORDER BY started_at DESC LIMIT 1", t=row["job_type"], k=row["job_key"])
@@ -173,8 +182,9 @@ def kill_the_owner(system: System, service: str, timeout: float = 180.0) -> dict
                         "jobs_running_at_kill": int(still[0]["status"] == "running")}
                 KILLS.append(kill)
                 return kill
-        time.sleep(0.02)
-    raise AssertionError(f"no job of {service} ran within {timeout} s:\n{system.logs()}")
+            time.sleep(0.02)
+    raise AssertionError(f"no job of {service} waited on {table} within {timeout} s:\n"
+                         f"{system.logs()}")
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -17,7 +17,6 @@ CI runs one seed per fault; `SIGMABATCH_FULL_FAULTS=1` runs five (docs/reliabili
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import threading
@@ -25,11 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
-from libs.common.db import asyncpg_dsn
 from libs.common.market_data.faults import read_call_log
 from tests.e2e.harness import System, run
 from tests.test_api_helpers import csv_bytes, seed_known_symbols, stock_rows
@@ -111,17 +108,6 @@ def test_kill_9_of_the_onboarding_worker_mid_fetch(system: System, tmp_path: Pat
     print(f"\nonboarding kill seed {seed}: completed {resumed_after:.1f}s after the kill")
 
 
-async def _lock_waiters(database_url: str) -> int:
-    connection = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        return await connection.fetchval(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-            # the table or one of its month partitions (LOCK TABLE on it locks them all)
-            "WHERE c.relname LIKE 'portfolio\\_snapshots%' AND NOT l.granted")
-    finally:
-        await connection.close()
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 def test_kill_9_of_status_api_mid_first_snapshot(system: System, tmp_path: Path, seed: int):
     as_of = run(seed_known_symbols(system.database_url, ["AAPL", "MSFT"]))
@@ -143,24 +129,17 @@ def test_kill_9_of_status_api_mid_first_snapshot(system: System, tmp_path: Path,
         except httpx.HTTPError as exc:
             answer["error"] = exc
 
-    loop = asyncio.new_event_loop()
-    blocker = loop.run_until_complete(asyncpg.connect(asyncpg_dsn(system.database_url)))
-    try:
-        # Writers of portfolio_snapshots wait behind this: the in-request snapshot stops there.
-        loop.run_until_complete(blocker.execute("BEGIN; LOCK TABLE portfolio_snapshots IN SHARE MODE"))
+    # Writers of portfolio_snapshots wait behind the held lock: the in-request snapshot stops there.
+    with system.writes_held("portfolio_snapshots"):
         request = threading.Thread(target=post)
         request.start()
         deadline = time.monotonic() + 60
-        while not run(_lock_waiters(system.database_url)):
+        while not system.lock_waiters("portfolio_snapshots"):
             assert time.monotonic() < deadline, system.logs()
             time.sleep(0.05)
         time.sleep(random.Random(seed).uniform(0.0, 0.5))
         system.kill("status_api")
         request.join(timeout=30)
-    finally:
-        loop.run_until_complete(blocker.execute("ROLLBACK"))
-        loop.run_until_complete(blocker.close())
-        loop.close()
     assert "response" not in answer, answer  # the request died with its process
     rows = system.query("SELECT id FROM portfolios WHERE name = :n", n=name)
     assert len(rows) == 1  # the upload itself was committed before the snapshot started
