@@ -216,7 +216,11 @@ def _real_session_count() -> int:
 
 def _grid(end: date) -> pd.DatetimeIndex:
     """Sessions from SAMPLE_START to max(end, REAL_END): the one index every path lives on."""
-    last = max(end, REAL_END)
+    return _grid_to(max(end, REAL_END))
+
+
+@lru_cache(maxsize=64)
+def _grid_to(last: date) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(calendar.nyse(last).sessions_in_range(SAMPLE_START, last))
 
 
@@ -243,14 +247,17 @@ def _latent_from_real() -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=16)
 def _latent(n_sessions: int) -> np.ndarray:
-    """Latent factor returns for sessions 0..n-1 of the grid (row 0 is never used)."""
+    """Latent factor returns for sessions 0..n-1 of the grid (row 0 is never used); shared by
+    every symbol's path, so built once per grid length and read-only."""
     blocks = math.ceil(n_sessions / BLOCK)
     synthetic = np.vstack([_latent_block(b) for b in range(blocks)])[:n_sessions].copy()
     implied = _latent_from_real()
     k = min(len(implied), n_sessions)
     real_part = implied[:k]
     synthetic[:k] = np.where(np.isnan(real_part), synthetic[:k], real_part)
+    synthetic.flags.writeable = False
     return synthetic
 
 
@@ -359,28 +366,36 @@ def _failure(symbol: str, start: date, end: date) -> str | None:
     return None
 
 
-def sample_bars(symbol: str, start: date, end: date) -> pd.DataFrame:
-    """Bars of one symbol for start <= date <= end (no failure checks)."""
+def _bar_columns(symbol: str, start: date, end: date) -> dict[str, np.ndarray]:
+    """One symbol's bars for start <= date <= end as columns (no failure checks)."""
     path = _path(symbol, end)
     last = min(end, DELISTED.get(symbol, end))
     lo = path.dates.searchsorted(pd.Timestamp(max(start, SAMPLE_START)), side="left")
     hi = path.dates.searchsorted(pd.Timestamp(last), side="right")
     sl = slice(lo, hi)
     close = path.close[sl]
-    return pd.DataFrame(
-        {
-            "symbol": symbol,
-            "date": path.dates[sl].date,
-            "open": path.open[sl],
-            "high": path.high[sl],
-            "low": path.low[sl],
-            "close": close,
-            "adj_close": close,
-            "volume": path.volume[sl],
-            "source": path.source[sl],
-        },
-        columns=PRICE_COLUMNS,
-    )
+    return {
+        "symbol": np.full(len(close), symbol, dtype=object),
+        "date": path.dates[sl].date,
+        "open": path.open[sl],
+        "high": path.high[sl],
+        "low": path.low[sl],
+        "close": close,
+        "adj_close": close,
+        "volume": path.volume[sl],
+        "source": path.source[sl],
+    }
+
+
+def _bars_frame(columns: Sequence[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Many symbols' bar columns as one frame, built once (not a frame per symbol)."""
+    joined = {name: np.concatenate([c[name] for c in columns]) for name in PRICE_COLUMNS}
+    return pd.DataFrame(joined, columns=PRICE_COLUMNS)
+
+
+def sample_bars(symbol: str, start: date, end: date) -> pd.DataFrame:
+    """Bars of one symbol for start <= date <= end (no failure checks)."""
+    return _bars_frame([_bar_columns(symbol, start, end)])
 
 
 def _earnings_dates(symbol: str, year: int) -> list[date]:
@@ -416,6 +431,16 @@ def is_synthetic_only(symbol: str) -> bool:
     return symbol not in _real_prices().columns
 
 
+@lru_cache(maxsize=65536)
+def _level_factor(symbol: str, day: date, price: float) -> float | None:
+    """anchor price / the generated close on the last session on or before ``day``."""
+    path = _path(symbol, max(day, SAMPLE_START))
+    at = path.dates.searchsorted(pd.Timestamp(day), side="right") - 1
+    if at < 0:
+        return None
+    return price / float(path.close[at])
+
+
 def level_bars(bars: pd.DataFrame, anchors: Anchors) -> pd.DataFrame:
     """Scale each anchored, purely synthetic symbol's bars so they pass through its anchor.
 
@@ -424,20 +449,24 @@ def level_bars(bars: pd.DataFrame, anchors: Anchors) -> pd.DataFrame:
     """
     if bars.empty or not anchors:
         return bars
-    out = bars.copy()
+    present = set(bars["symbol"])
+    factors: dict[str, float] = {}
     for symbol, (day, price) in anchors.items():
-        rows = (out["symbol"] == symbol).to_numpy()
-        if not rows.any() or not is_synthetic_only(symbol) or not price or price <= 0:
+        if symbol not in present or not is_synthetic_only(symbol) or not price or price <= 0:
             continue
-        path = _path(symbol, max(day, SAMPLE_START))
-        at = path.dates.searchsorted(pd.Timestamp(day), side="right") - 1
-        if at < 0:
-            continue
-        factor = float(price) / float(path.close[at])
-        for column in ("open", "high", "low", "close", "adj_close"):
-            values = pd.to_numeric(out.loc[rows, column], errors="coerce")
-            out.loc[rows, column] = np.round(values * factor, 6)
-        out.loc[rows, "source"] = SOURCE_LEVELLED
+        factor = _level_factor(symbol, day, float(price))
+        if factor is not None:
+            factors[symbol] = factor
+    if not factors:
+        return bars
+    out = bars.copy()
+    factor_of_row = out["symbol"].map(factors)
+    rows = factor_of_row.notna().to_numpy()
+    by = factor_of_row[rows].to_numpy(dtype=float)
+    for column in ("open", "high", "low", "close", "adj_close"):
+        values = pd.to_numeric(out.loc[rows, column], errors="coerce").to_numpy(dtype=float)
+        out.loc[rows, column] = np.round(values * by, 6)
+    out.loc[rows, "source"] = SOURCE_LEVELLED
     return out
 
 
@@ -451,18 +480,18 @@ class SampleProvider:
 
     def _prices(self, symbols: Sequence[str], start: date, end: date) -> PriceResult:
         allowed, failures = refuse_excluded(symbols)
-        frames = []
+        columns = []
         for symbol in allowed:
             reason = _failure(symbol, start, end)
             if reason is None:
-                bars = sample_bars(symbol, start, end)
-                if bars.empty:
+                bars = _bar_columns(symbol, start, end)
+                if len(bars["close"]) == 0:
                     reason = "no data in the requested range"
                 else:
-                    frames.append(bars)
+                    columns.append(bars)
             if reason is not None:
                 failures[symbol] = reason
-        bars = pd.concat(frames, ignore_index=True) if frames else empty_prices()
+        bars = _bars_frame(columns) if columns else empty_prices()
         return PriceResult(bars=bars, failures=failures)
 
     async def fetch_prices(self, symbols: Sequence[str], start: date, end: date) -> PriceResult:
