@@ -12,6 +12,7 @@ order, what a repeat or a rerun does, and what is announced.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import uuid
@@ -29,8 +30,14 @@ from libs.common.events import BatchNightlyRequested, Message, SymbolBatchComple
 from libs.common.factors import FACTOR_ETFS, LOOKBACK_SESSIONS
 from libs.common.jobs import COMPLETED, FAILED, PARTIAL, RUNNING, Job
 from libs.common.market_data.base import Fundamentals, PriceResult, Profile
-from libs.common.market_data.sample import SampleProvider
-from services.symbol_batch.handlers import BatchSettings, SymbolBatch, price_starts
+from libs.common.market_data.sample import SampleProvider, synthetic_universe
+from services.symbol_batch.handlers import (
+    CHUNKS_IN_FLIGHT,
+    PRICE_CHUNK,
+    BatchSettings,
+    SymbolBatch,
+    price_starts,
+)
 from services.symbol_batch.store import JOB_TYPE, CompletedDate
 
 D = dt.date
@@ -65,6 +72,7 @@ class World:
         self.bars: list[pd.DataFrame] = []
         self.betas_written: list[dt.date] = []
         self.journal: list[str] = []
+        self.progress: list[tuple[str, int]] = []  # every (phase, progress) report, in order
 
     def done(self, day: dt.date, status: str = COMPLETED, key: str | None = None) -> None:
         """A date completed earlier (by a run of trigger `key`, if given)."""
@@ -190,7 +198,7 @@ class FakeJobs:
         self.w.jobs[job.id].phases.append(name)
 
     async def progress(self, job: Job, current: int, total: int | None = None) -> None:
-        pass
+        self.w.progress.append((self.w.jobs[job.id].phases[-1], current))
 
     async def finish(self, job: Job, status: str = COMPLETED, *,
                      result: dict[str, Any] | None = None, error: str | None = None) -> None:
@@ -451,3 +459,45 @@ async def test_the_next_night_fetches_a_few_sessions_not_the_whole_window() -> N
     # every symbol has bars up to the 25th: from 5 sessions before it, one call per chunk
     assert set(h.provider.price_windows) == {(D(2025, 11, 18), D(2025, 11, 26))}
     assert h.world.betas_written == [D(2025, 11, 25), D(2025, 11, 26)]
+
+
+async def test_price_chunks_overlap_two_at_a_time_and_a_failing_chunk_fails_the_run() -> None:
+    h = Harness()
+    h.world.universe += [(s, None) for s in synthetic_universe(2 * PRICE_CHUNK + 50)]
+    in_flight, most = 0, 0
+    fetch = h.provider.fetch_prices
+
+    async def slow(symbols: Sequence[str], start: dt.date, end: dt.date) -> PriceResult:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.05)  # the vendor's latency: the next chunk's fetch overlaps
+            return await fetch(symbols, start, end)
+        finally:
+            in_flight -= 1
+
+    h.provider.fetch_prices = slow  # type: ignore[method-assign]
+    await h.trigger(D(2025, 11, 24))
+    assert most == CHUNKS_IN_FLIGHT == 2
+    universe = len(h.world.universe)
+    written = set(pd.concat(h.world.bars)["symbol"])
+    assert written == {s for s, _ in h.world.universe}  # every chunk written once
+    prices = [n for phase, n in h.world.progress if phase == "prices"]
+    assert prices == [PRICE_CHUNK, 2 * PRICE_CHUNK, universe]  # in order, never back
+
+    calls = 0
+
+    async def second_chunk_breaks(symbols: Sequence[str], start: dt.date,
+                                  end: dt.date) -> PriceResult:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("vendor reset the connection")
+        return await fetch(symbols, start, end)
+
+    h.provider.fetch_prices = second_chunk_breaks  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError, match="vendor reset"):  # the error itself, not a group
+        await h.trigger(D(2025, 11, 25))
+    assert h.world.jobs[list(h.world.jobs)[-1]].status == FAILED
+    assert D(2025, 11, 25) not in h.world.dates

@@ -53,6 +53,9 @@ PRICE_CHUNK = 100
 PROFILE_CHUNK = 100
 PROFILE_MAX_AGE_DAYS = 7
 FUNDAMENTALS_MAX_AGE_DAYS = 30
+# Chunks of a phase in flight at once: one chunk's write overlaps the next one's fetch (the
+# vendor call or sample generation runs in a thread, the write is PostgreSQL's work).
+CHUNKS_IN_FLIGHT = 2
 MAX_FAILURES_IN_RESULT = 500
 
 
@@ -304,7 +307,7 @@ class SymbolBatch:
                             "symbols_total": outcome.symbols_total,
                             "symbols_failed": len(outcome.failures),
                             "failures": dict(
-                                list(outcome.failures.items())[:MAX_FAILURES_IN_RESULT]
+                                sorted(outcome.failures.items())[:MAX_FAILURES_IN_RESULT]
                             ),
                             "provider": self.provider.name,
                             "timings": outcome.timings,
@@ -415,18 +418,33 @@ class SymbolBatch:
         *,
         replace: bool = False,
     ) -> None:
-        """One phase: fetch and write `symbols` chunk by chunk, recording failures and progress."""
+        """One phase: fetch and write `symbols` chunk by chunk, `CHUNKS_IN_FLIGHT` at a
+        time, recording failures and progress; any chunk's error cancels the others and
+        fails the phase (the job is redone from the watermark)."""
         await self.jobs.phase(job, phase, total=len(symbols), unit="symbols")
         done = 0
-        for chunk in chunks(symbols, size):
-            failures = await fetch_and_write(chunk)
+        slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+        reporting = asyncio.Lock()  # progress rows written in order, never going back
+
+        async def one(chunk: list[str]) -> None:
+            nonlocal done
+            async with slots:
+                failures = await fetch_and_write(chunk)
             for symbol, reason in failures.items():
                 if replace:
                     outcome.failures[symbol] = f"{failure_label}: {reason}"
                 else:
                     outcome.failures.setdefault(symbol, f"{failure_label}: {reason}")
             done += len(chunk)
-            await self.jobs.progress(job, done)
+            async with reporting:
+                await self.jobs.progress(job, done)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for chunk in chunks(symbols, size):
+                    group.create_task(one(chunk))
+        except BaseExceptionGroup as failed:  # the first error, as a sequential loop raised it
+            raise failed.exceptions[0] from None
 
     async def _factors(
         self,
