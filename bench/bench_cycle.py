@@ -63,6 +63,7 @@ from libs.common.onboarding.store import finish_completed_onboardings
 from libs.common.service import ServiceContext, connect_context
 from libs.common.snapshots.refresh import JOB_CHUNK
 from services.symbol_batch.store import JOB_TYPE as SYMBOL_JOB
+from tests.polling import eventually
 from tests.processes import ServiceProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -191,14 +192,10 @@ async def fetchval(url: str, query: str, *args: object) -> object:
 
 async def wait_until(what: str, probe, timeout: float, processes: dict[str, ServiceProcess]):
     """Poll ``probe`` (async, truthy when done); on timeout show the services' log tails."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    tails = "\n".join(f"--- {k}\n{p.log()[-2000:]}" for k, p in processes.items())
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+    def tails() -> str:
+        return "\n".join(f"--- {k}\n{p.log()[-2000:]}" for k, p in processes.items())
+
+    return await eventually(probe, timeout, what, interval=0.2, context=tails)
 
 
 async def completed_event_times(ctx: ServiceContext) -> dict[dt.date, dt.datetime]:

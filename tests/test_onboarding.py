@@ -30,6 +30,7 @@ from libs.common.uow import sql_unit_of_work
 from services.onboarding.coordinator import OnboardingCoordinator
 from services.onboarding.worker import JOB_TYPE, OnboardingWorker
 from services.portfolio_refresh.handlers import RefreshHandlers
+from tests.polling import eventually as wait_for
 from tests.test_api_helpers import (
     api_client,
     csv_bytes,
@@ -112,16 +113,6 @@ async def refresh_requests(ctx: ServiceContext) -> list[PortfolioRefreshRequeste
             if raw.subject == ctx.topology.subject(PortfolioRefreshRequested.subject):
                 found.append(PortfolioRefreshRequested.model_validate_json(raw.data))
     return found
-
-
-async def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 async def test_unknown_symbols_are_fetched_then_the_snapshot_is_requested(settings, ctx):

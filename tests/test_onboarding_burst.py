@@ -27,6 +27,7 @@ from libs.common.market_data.guarded import GuardedProvider
 from libs.common.market_data.throttle import CircuitBreaker, RateLimiter, SharedTokenBucket
 from libs.common.service import ServiceContext
 from services.onboarding.worker import JOB_TYPE, OnboardingWorker
+from tests.polling import eventually as wait_until
 from tests.test_api_helpers import api_client, csv_bytes, seed_known_symbols, stock_rows, token_for
 
 UPLOAD = "/api/v1/portfolios"
@@ -143,16 +144,6 @@ async def symbol_states(database_url: str) -> dict[str, str]:
     async with session_scope(database_url) as session:
         rows = (await session.execute(text("SELECT symbol, status FROM symbol_onboarding"))).all()
     return {r.symbol: r.status for r in rows}
-
-
-async def wait_until(predicate, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} not met in {timeout}s")
 
 
 async def test_breaker_opens_defers_jobs_and_closes(settings, ctx):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import time
 import uuid
 from decimal import Decimal
 
@@ -25,6 +24,7 @@ from libs.common.portfolio_csv import parse_portfolio_csv
 from libs.common.service import ServiceContext
 from libs.common.snapshots.refresh import JOB_CHUNK, refresh_portfolios
 from tests.conftest import FIXTURES
+from tests.polling import eventually as wait_for
 from tests.processes import ServiceProcess
 
 PARAMS = pnl.PricingParams()
@@ -170,15 +170,6 @@ async def fetch(database_url: str, query: str, *args: object) -> list[asyncpg.Re
         return await conn.fetch(query, *args)
     finally:
         await conn.close()
-
-
-async def wait_for(predicate, timeout: float = 90.0, interval: float = 0.3) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(interval)
-    raise TimeoutError("condition not reached")
 
 
 async def complete_count(database_url: str, day: dt.date) -> int:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import time
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -25,6 +24,7 @@ from services.symbol_batch.handlers import (
     resolve_target,
 )
 from services.symbol_batch.store import JOB_TYPE
+from tests.polling import eventually as wait_for
 from tests.processes import ServiceProcess
 
 D = dt.date
@@ -96,16 +96,6 @@ def _decoded(row) -> dict:
 
 
 JSON_COLUMNS = {"failures", "phases", "result"}
-
-
-async def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 async def completed_events(ctx: ServiceContext) -> list[SymbolBatchCompleted]:
