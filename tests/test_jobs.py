@@ -164,6 +164,42 @@ async def test_cancelled_job_is_released_for_an_immediate_takeover(database_url:
     await dispose_engines()
 
 
+async def test_a_row_left_running_by_a_failed_handler_is_taken_over_here_at_once(
+    database_url: str,
+) -> None:
+    """PostgreSQL went away mid-job: the handler raised, and marking the row failed raised
+    too, so the row stays `running` under this live worker. Nobody works on it any more, so
+    the redelivery to this same process takes it over at once (not after the 120 s stale
+    limit); a row a handler here still works on is not taken."""
+    tracker = JobTracker(database_url, worker_id="w-down", stale_after_seconds=120)
+
+    async def database_down(*_args: object, **_kwargs: object) -> None:
+        raise ConnectionError("connection refused")
+
+    busy = await tracker.start("portfolio_refresh", "2024-03-04")  # in hand here
+    with pytest.raises(JobAlreadyRunning):
+        await tracker.start("portfolio_refresh", "2024-03-04")
+
+    tracker.finish = database_down  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="lost the connection"):
+        async with tracker.run("portfolio_refresh", "2024-03-01") as job:
+            raise RuntimeError("lost the connection")
+    del tracker.finish
+    async with session_scope(database_url) as session:
+        status = (await session.execute(
+            text("SELECT status FROM batch_run_history WHERE id = :id"), {"id": job.id}
+        )).scalar_one()
+    assert status == "running"  # the failure could not be written
+
+    again = await tracker.start("portfolio_refresh", "2024-03-01")
+    assert again.id == job.id and again.reclaimed and again.attempts == 2
+    with pytest.raises(JobAlreadyRunning):  # still in hand: never taken from a live handler
+        await tracker.start("portfolio_refresh", "2024-03-04")
+    await tracker.finish(again)
+    await tracker.finish(busy)
+    await dispose_engines()
+
+
 async def test_redelivery_waits_for_a_live_owner_instead_of_failing(database_url: str) -> None:
     owner = JobTracker(database_url, worker_id="owner", stale_after_seconds=120)
     waiter = JobTracker(database_url, worker_id="waiter", owner_wait_seconds=10)

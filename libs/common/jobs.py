@@ -87,6 +87,11 @@ class WorkerLease:
         self._lock = asyncio.Lock()
         self._keeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Running rows of this worker that a handler of this process is working on. A row of
+        # this worker that is not in hand was left by a handler that ended without settling
+        # it (PostgreSQL was down when it tried): the lease says "alive", yet nobody works on
+        # it, so a redelivery to this same process takes it over at once.
+        self.in_hand: set[uuid.UUID] = set()
 
     @classmethod
     def of(cls, database_url: str, worker_id: str) -> WorkerLease:
@@ -105,6 +110,7 @@ class WorkerLease:
         if self._loop is not loop:  # a new event loop (tests, CLI): start afresh
             self._loop, self._conn, self._keeper = loop, None, None
             self._lock = asyncio.Lock()
+            self.in_hand = set()  # the old loop's handlers are gone
         async with self._lock:
             if self._conn is not None and not self._conn.is_closed():
                 return
@@ -254,6 +260,7 @@ class JobTracker:
                 )
             ).first()
             if row is not None:
+                self.lease.in_hand.add(row.id)
                 return Job(row.id, job_type, job_key, row.attempts, reclaimed=False)
             row = (
                 await session.execute(
@@ -264,7 +271,9 @@ class JobTracker:
                             attempts = attempts + 1, error = NULL,
                             correlation_id = COALESCE(:correlation_id, correlation_id)
                         WHERE job_type = :job_type AND job_key = :job_key AND status = 'running'
-                          AND {RECLAIMABLE}
+                          AND ({RECLAIMABLE}
+                               OR (worker_id = :worker_id
+                                   AND NOT id = ANY(CAST(:in_hand AS uuid[]))))
                         RETURNING id, attempts
                         """
                     ),
@@ -274,11 +283,13 @@ class JobTracker:
                         "job_key": job_key,
                         "correlation_id": correlation_id,
                         "stale": self.stale_after_seconds,
+                        "in_hand": list(self.lease.in_hand),
                     },
                 )
             ).first()
         if row is None:
             raise JobAlreadyRunning(f"{job_type} {job_key} is already running")
+        self.lease.in_hand.add(row.id)
         log.warning("reclaimed stale job %s %s (attempt %d)", job_type, job_key, row.attempts)
         return Job(row.id, job_type, job_key, row.attempts, reclaimed=True)
 
@@ -440,6 +451,13 @@ class JobTracker:
             beater.cancel()
             with contextlib.suppress(JobLeaseLost):  # already finished by the body
                 await self.finish(job, COMPLETED)
+        finally:
+            self.abandon(job)
+
+    def abandon(self, job: Job) -> None:
+        """This process stops working on `job`, settled or not: if its row is still running
+        (settling it failed), a redelivery here takes it over at once."""
+        self.lease.in_hand.discard(job.id)
 
     async def release(self, job: Job) -> None:
         """Give a running row up (shutdown): it stays `running`, ownerless, reclaimable now."""

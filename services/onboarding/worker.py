@@ -136,6 +136,8 @@ class OnboardingWorker:
         except BaseException:
             beat.cancel()
             raise
+        finally:
+            self.ctx.jobs.abandon(job)  # settled, or left for a redelivery to take over
         beat.cancel()
         await self._announce(symbol, outcome.status, outcome.reason, message)
 

@@ -84,7 +84,12 @@ def report_kills():
 
 def assert_integrity(system: System) -> None:
     found = system.integrity()
-    assert not any(found.values()), f"lost or doubled work: {found}\n{system.logs()}"
+    if any(found.values()):
+        running = system.query(
+            "SELECT job_type, job_key, worker_id, started_at, heartbeat_at, attempts "
+            "FROM batch_run_history WHERE status = 'running'")
+        pytest.fail(f"lost or doubled work: {found}\njobs still running: {running}\n"
+                    f"{system.logs()}")
 
 
 def assert_same_state(system: System, digest: dict[str, Any], reference: dict[str, Any]) -> None:
