@@ -63,6 +63,26 @@ def run(coro: Any) -> Any:
     return asyncio.run(wrapped())
 
 
+class HeldWrites:
+    """Probes made on the connection that holds a table's writes (its transaction reads
+    committed data statement by statement, so it sees every job's progress)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connection: Any, table: str) -> None:
+        self.loop, self.connection, self.table = loop, connection, table
+
+    def query(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        rows = self.loop.run_until_complete(self.connection.fetch(sql, *args))
+        return [dict(r) for r in rows]
+
+    def waiters(self) -> int:
+        """Sessions waiting for a lock on the table or one of its month partitions."""
+        rows = self.query(
+            "SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE (c.relname = $1 OR c.relname LIKE $2) AND NOT l.granted",
+            self.table, self.table.replace("_", "\\_") + "\\_%")
+        return int(rows[0]["n"])
+
+
 class System:
     """Processes, API client and database probes of one test's deployment."""
 
@@ -219,24 +239,17 @@ class System:
 
         return run(fetch())
 
-    def lock_waiters(self, table: str) -> int:
-        """Sessions waiting for a lock on `table` or one of its month partitions."""
-        rows = self.query(
-            "SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-            "WHERE (c.relname = :t OR c.relname LIKE :partitions) AND NOT l.granted",
-            t=table, partitions=table.replace("_", "\\_") + "\\_%")
-        return int(rows[0]["n"])
-
     @contextmanager
-    def writes_held(self, table: str) -> Iterator[None]:
+    def writes_held(self, table: str) -> Iterator[HeldWrites]:
         """A test transaction holds a SHARE lock on `table` (and its partitions) for the
         block: every writer of it waits there, so a job that writes it stays `running`
-        until the block ends, whatever the machine's speed."""
+        until the block ends, whatever the machine's speed. The block may run in a thread of
+        its own: its probes use the holding connection and loop, nothing shared."""
         loop = asyncio.new_event_loop()
         blocker = loop.run_until_complete(asyncpg.connect(asyncpg_dsn(self.database_url)))
         try:
             loop.run_until_complete(blocker.execute(f"BEGIN; LOCK TABLE {table} IN SHARE MODE"))
-            yield
+            yield HeldWrites(loop, blocker, table)
         finally:
             loop.run_until_complete(blocker.execute("ROLLBACK"))
             loop.run_until_complete(blocker.close())

@@ -68,6 +68,7 @@ def run_scenario(system: System, faults: dict[str, Fault] | None = None) -> dict
         assert status["status"] == "completed", status
         assert status["mode"] == "v2_instant", status
 
+    hook("before_second_trigger")
     system.trigger(SECOND_TARGET)
     hook("after_second_trigger")
     system.wait_for_cycle(SECOND_DATES, portfolios=len(files))

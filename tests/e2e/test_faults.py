@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -157,32 +158,44 @@ def test_nightly_trigger_fired_ten_times_by_two_cron_hosts(
     assert runs and all(r["n"] == 1 for r in runs)
 
 
-# A table each service's job writes in the middle of its work: holding its writes keeps the
-# job running (a slow database), so the kill lands mid-job however fast the machine is.
-WRITES_OF = {"symbol_batch": "symbol_factor_exposures", "portfolio_refresh": "portfolio_snapshots"}
+# A table each service's jobs write in the middle of their work, and the job types that do:
+# holding its writes keeps such a job running (a slow database), so the kill lands mid-job
+# however fast the machine is. (The refresh's plan job writes no snapshot: it publishes the
+# chunks and finishes, so it is not one of them.)
+WRITES_OF = {
+    "symbol_batch": ("symbol_factor_exposures", ("symbol_batch",)),
+    "portfolio_refresh": ("portfolio_snapshots",
+                          ("portfolio_refresh_chunk", "portfolio_refresh_request")),
+}
 
 
-def kill_the_owner(system: System, service: str, timeout: float = 180.0) -> dict[str, Any]:
+def kill_the_owner(system: System, service: str, *, delay: float = 0.0,
+                   held: threading.Event | None = None,
+                   timeout: float = 180.0) -> dict[str, Any]:
     """SIGKILL the replica of `service` that owns a running job while that job waits on a
-    write the test holds back (its row names the owner's pid in `worker_id`); the row must
-    still be `running` after the kill, then the writes are let go and a survivor takes over."""
-    table = WRITES_OF[service]
+    write the test holds back (its row names the owner's pid in `worker_id`), `delay` s after
+    it started waiting; the row must still be `running` after the kill, then the writes are
+    let go and a survivor takes over. `held` is set once the writes are held."""
+    table, writers = WRITES_OF[service]
     deadline = time.monotonic() + timeout
-    with system.writes_held(table):
+    with system.writes_held(table) as writes:
+        if held is not None:
+            held.set()
         while time.monotonic() < deadline:
-            rows = system.query(
+            rows = writes.query(
                 "SELECT job_type, job_key, worker_id FROM batch_run_history "
-                "WHERE status = 'running' AND job_type = ANY(:types) AND worker_id IS NOT NULL",
-                types=list(WORK_OF[service]))
+                "WHERE status = 'running' AND job_type = ANY($1::text[]) "
+                "AND worker_id IS NOT NULL", list(writers))
             pids = {p.process.pid: i for i, p in enumerate(system.processes[service])
                     if p.process is not None and p.process.poll() is None}
             owned = [r for r in rows if int(r["worker_id"].split(":")[1]) in pids]
-            if owned and system.lock_waiters(table):
+            if owned and writes.waiters():
+                time.sleep(delay)
                 row = owned[0]
                 system.kill(service, pids[int(row["worker_id"].split(":")[1])])
-                still = system.query(
-                    "SELECT status FROM batch_run_history WHERE job_type = :t AND job_key = :k "
-                    "ORDER BY started_at DESC LIMIT 1", t=row["job_type"], k=row["job_key"])
+                still = writes.query(
+                    "SELECT status FROM batch_run_history WHERE job_type = $1 AND job_key = $2 "
+                    "ORDER BY started_at DESC LIMIT 1", row["job_type"], row["job_key"])
                 kill = {"service": service, "job": f"{row['job_type']} {row['job_key']}",
                         "jobs_running_at_kill": int(still[0]["status"] == "running")}
                 KILLS.append(kill)
@@ -200,18 +213,38 @@ def test_two_replicas_of_batch_and_refresh_one_killed_mid_run(
     job, then the one running a refresh job, is killed while the job runs (checked after the
     kill: the row is still `running`, taken over later by the surviving replica)."""
     kills: list[dict[str, Any]] = []
+    failures: list[BaseException] = []
+    held = threading.Event()
+    delay = random.Random(seed).uniform(0.0, 0.3)
 
     def add_replicas(system: System) -> None:
         system.start("symbol_batch")
         system.start("portfolio_refresh")
 
-    def kill_owners(system: System) -> None:
-        time.sleep(random.Random(seed).uniform(0.0, 0.3))
-        kills.append(kill_the_owner(system, "symbol_batch"))
-        kills.append(kill_the_owner(system, "portfolio_refresh"))
+    def kill_owners() -> None:
+        try:
+            kills.append(kill_the_owner(system, "symbol_batch", delay=delay, held=held))
+            kills.append(kill_the_owner(system, "portfolio_refresh", delay=delay))
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            held.set()
 
-    digest = run_scenario(
-        system, {"after_first_trigger": add_replicas, "after_second_trigger": kill_owners}
-    )
+    killer = threading.Thread(target=kill_owners)
+
+    def hold_the_batch_then_trigger(system: System) -> None:
+        # The batch's writes are held before the trigger: a 33-symbol batch job can be done
+        # in 0.2 s, before a hook after the trigger could hold anything.
+        killer.start()
+        assert held.wait(30)
+
+    def killed(system: System) -> None:
+        killer.join()
+        if failures:
+            raise failures[0]
+
+    digest = run_scenario(system, {"after_first_trigger": add_replicas,
+                                   "before_second_trigger": hold_the_batch_then_trigger,
+                                   "before_digest": killed})
     assert_same_state(system, digest, reference_digest)
     assert all(k["jobs_running_at_kill"] for k in kills), kills

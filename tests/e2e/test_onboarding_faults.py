@@ -130,11 +130,11 @@ def test_kill_9_of_status_api_mid_first_snapshot(system: System, tmp_path: Path,
             answer["error"] = exc
 
     # Writers of portfolio_snapshots wait behind the held lock: the in-request snapshot stops there.
-    with system.writes_held("portfolio_snapshots"):
+    with system.writes_held("portfolio_snapshots") as held:
         request = threading.Thread(target=post)
         request.start()
         deadline = time.monotonic() + 60
-        while not system.lock_waiters("portfolio_snapshots"):
+        while not held.waiters():
             assert time.monotonic() < deadline, system.logs()
             time.sleep(0.05)
         time.sleep(random.Random(seed).uniform(0.0, 0.5))
