@@ -24,6 +24,7 @@ from libs.common.config import get_settings
 from sigmabatch.cli import resolve_stream_replicas
 from sigmabatch.supervisor import Supervisor
 from sigmabatch.trigger import publish_nightly
+from tests.polling import eventually
 
 
 @pytest.fixture
@@ -71,13 +72,12 @@ async def test_up_with_three_nats_nodes(cluster_env: None, tmp_path: Path, bus_p
             runtime["nats_url"], None, "test", rerun=False, replicas=replicas
         )
         assert published
-        deadline = asyncio.get_running_loop().time() + 30
-        while True:
-            peers = await _stream_peers(runtime["nats_url"], bus_prefix)
-            if all(p == (3, 3) for p in peers.values()):
-                break
-            assert asyncio.get_running_loop().time() < deadline, peers
-            await asyncio.sleep(0.2)
+        async def three_current() -> dict | None:
+            found = await _stream_peers(runtime["nats_url"], bus_prefix)
+            return found if all(p == (3, 3) for p in found.values()) else None
+
+        peers = await eventually(three_current, 30, "three current replicas per stream",
+                                 interval=0.2)
 
         # One node killed and started again rejoins with its store: three replicas current.
         cluster = supervisor.nats
@@ -89,16 +89,14 @@ async def test_up_with_three_nats_nodes(cluster_env: None, tmp_path: Path, bus_p
         await asyncio.to_thread(cluster.wait_healthy)  # type: ignore[union-attr]
         # JetStream answers once the restarted node's streams have their leaders again; until
         # then an API request may time out (seen in CI): ask until the peers are back.
-        deadline = asyncio.get_running_loop().time() + 30
-        while True:
+        async def peers_back() -> bool:
             try:
-                again = await _stream_peers(runtime["nats_url"], bus_prefix)
+                return await _stream_peers(runtime["nats_url"], bus_prefix) == peers
             except nats.errors.TimeoutError:
-                again = None
-            if again == peers:
-                break
-            assert asyncio.get_running_loop().time() < deadline, again
-            await asyncio.sleep(0.5)
+                return False
+
+        await eventually(peers_back, 30, "the streams' peers after the node's restart",
+                         interval=0.5)
     finally:
         await supervisor.stop()
     assert not (tmp_path / "data" / "runtime.json").exists()

@@ -188,11 +188,12 @@ def kill_the_owner(system: System, service: str, *, delay: float = 0.0,
                 "AND worker_id IS NOT NULL", list(writers))
             pids = {p.process.pid: i for i, p in enumerate(system.processes[service])
                     if p.process is not None and p.process.poll() is None}
-            owned = [r for r in rows if int(r["worker_id"].split(":")[1]) in pids]
+            owned = [(r, pids[pid]) for r in rows
+                     if (pid := int(r["worker_id"].split(":")[1])) in pids]
             if owned and writes.waiters():
                 time.sleep(delay)
-                row = owned[0]
-                system.kill(service, pids[int(row["worker_id"].split(":")[1])])
+                row, replica = owned[0]
+                system.kill(service, replica)
                 still = writes.query(
                     "SELECT status FROM batch_run_history WHERE job_type = $1 AND job_key = $2 "
                     "ORDER BY started_at DESC LIMIT 1", row["job_type"], row["job_key"])
